@@ -1,0 +1,33 @@
+# One-command set-up: every target creates the virtual environment it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the embedded demo (digits, 2x2 subdomains with overlap, local Ray on this machine)
+demo: $(STAMP)
+	$(BIN)/ddray demo --output runs/demo
+
+## Run the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Only the Ray-free unit tests (seconds)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not ray"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_local_phase.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,262 @@
+"""One configuration schema for the CLI, the Python API and the REST service.
+
+Every section forbids unknown keys, so a typo fails with the field's name
+before any data is read or any Ray worker starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATA_SOURCES = ("digits", "npz", "imagefolder", "cifar10", "synthetic")
+SYNTHETIC_KINDS = ("count", "blobs")
+AGGREGATION_METHODS = ("dnn", "average", "vote")
+BASELINES = ("global", "coherent", "transfer")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    """Where the images come from. Paths are read on the driver only."""
+
+    source: Literal["digits", "npz", "imagefolder", "cifar10", "synthetic"] = "digits"
+    path: str | None = Field(None, description="file or folder for npz / imagefolder / cifar10")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="used when the source has no test split")
+    image_size: list[int] | None = Field(None, description="resize to [H, W] (imagefolder, digits)")
+    limit: int | None = Field(None, gt=0, description="use only the first N samples (quick experiments)")
+    # synthetic generator parameters
+    kind: Literal["count", "blobs"] = "count"
+    samples: int = Field(600, gt=0)
+    size: list[int] = Field(default_factory=lambda: [16, 16], description="[H, W] or [D, H, W] (synthetic)")
+    cells: list[int] | None = Field(None, description="cells of the 'count' generator; default: the decomposition grid")
+    classes: int = Field(4, ge=2, description="number of classes (synthetic 'blobs')")
+    channels: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DatasetConfig":
+        if self.source in ("npz", "imagefolder", "cifar10") and not self.path:
+            raise ValueError(f"dataset.path is required for source '{self.source}'")
+        if len(self.size) not in (2, 3):
+            raise ValueError("dataset.size must be [H, W] or [D, H, W]")
+        return self
+
+
+class DecompositionConfig(_Section):
+    """How every input is cut into subimages (2D) or subvolumes (3D)."""
+
+    grid: list[int] = Field(default_factory=lambda: [2, 2], description="[rows, cols] or [d, h, w]")
+    overlap: int = Field(0, ge=0, description="pixels shared by neighbouring subdomains")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_shape(cls, grid: list[int]) -> list[int]:
+        if len(grid) not in (2, 3):
+            raise ValueError("grid must have 2 entries [rows, cols] for images or 3 [d, h, w] for volumes")
+        if any(g < 1 for g in grid):
+            raise ValueError("every grid entry must be >= 1")
+        return grid
+
+    @property
+    def num_subdomains(self) -> int:
+        n = 1
+        for g in self.grid:
+            n *= g
+        return n
+
+
+class LocalModelConfig(_Section):
+    name: str = "small_cnn"
+    width: float = Field(0.5, gt=0.0, le=1.0, description="fraction of the global model's channels")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from ddray.models.registry import list_models
+
+        known = list_models()
+        if name not in known:
+            raise ValueError(f"unknown model '{name}'; known models: {', '.join(known)}")
+        return name
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.003, gt=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+
+
+class DNNConfig(_Section):
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(0.003, gt=0.0)
+    batch_size: int = Field(128, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, hidden: list[int]) -> list[int]:
+        if any(h < 1 for h in hidden):
+            raise ValueError("every hidden layer size must be >= 1")
+        return hidden
+
+
+class AggregationConfig(_Section):
+    methods: list[Literal["dnn", "average", "vote"]] = Field(default_factory=lambda: ["dnn", "average", "vote"])
+    dnn: DNNConfig = Field(default_factory=DNNConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _non_empty(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError("at least one aggregation method is needed: dnn, average or vote")
+        return list(dict.fromkeys(methods))
+
+
+class ResourcesConfig(_Section):
+    cpus_per_subdomain: float = Field(1.0, gt=0.0)
+    gpus_per_subdomain: float = Field(0.0, ge=0.0, description="fractional values share one GPU, e.g. 0.25")
+    max_retries: int = Field(2, ge=0, description="restarts of a dead subdomain worker, resumed from its checkpoint")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers for the global / coherent baselines")
+
+    @field_validator("gpus_per_subdomain")
+    @classmethod
+    def _gpu_fraction(cls, gpus: float) -> float:
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError("gpus_per_subdomain above 1 must be a whole number (e.g. 2), below 1 a fraction (e.g. 0.25)")
+        return gpus
+
+
+class SearchSpaceEntry(_Section):
+    """One hyperparameter's sampler; exactly one of the keys is set."""
+
+    choice: list[Any] | None = None
+    uniform: list[float] | None = None
+    loguniform: list[float] | None = None
+    grid: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SearchSpaceEntry":
+        set_keys = [k for k in ("choice", "uniform", "loguniform", "grid") if getattr(self, k) is not None]
+        if len(set_keys) != 1:
+            raise ValueError("give exactly one sampler: choice, uniform, loguniform or grid")
+        for key in ("uniform", "loguniform"):
+            bounds = getattr(self, key)
+            if bounds is not None:
+                if len(bounds) != 2 or bounds[0] >= bounds[1]:
+                    raise ValueError(f"{key} needs [low, high] with low < high")
+                if key == "loguniform" and bounds[0] <= 0:
+                    raise ValueError("loguniform bounds must be > 0")
+        for key in ("choice", "grid"):
+            values = getattr(self, key)
+            if values is not None and not values:
+                raise ValueError(f"{key} needs at least one value")
+        return self
+
+
+TUNABLE = ("lr", "weight_decay", "batch_size", "width", "epochs", "optimizer")
+
+
+class TuneConfig(_Section):
+    """Per-subdomain hyperparameter search with Ray Tune."""
+
+    num_samples: int = Field(2, ge=1)
+    search_alg: Literal["random", "optuna"] = "random"
+    scheduler: Literal["none", "asha"] = "none"
+    space: dict[str, SearchSpaceEntry] = Field(default_factory=dict)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, SearchSpaceEntry]) -> dict[str, SearchSpaceEntry]:
+        unknown = sorted(set(space) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"cannot tune {unknown}; tunable: {', '.join(TUNABLE)}")
+        return space
+
+    @model_validator(mode="after")
+    def _optuna_no_grid(self) -> "TuneConfig":
+        if self.search_alg == "optuna" and any(e.grid is not None for e in self.space.values()):
+            raise ValueError("search_alg 'optuna' cannot sample a 'grid' entry; use choice instead")
+        return self
+
+
+class RunConfig(_Section):
+    """A whole ddray job."""
+
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    decomposition: DecompositionConfig = Field(default_factory=DecompositionConfig)
+    local_model: LocalModelConfig = Field(default_factory=LocalModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tune: TuneConfig | None = None
+    compare: list[Literal["global", "coherent", "transfer"]] = Field(default_factory=list)
+    storage: str | None = Field(None, description="shared folder or URI for checkpoints on multi-node clusters")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _dims_agree(self) -> "RunConfig":
+        ds = self.dataset
+        if ds.source == "synthetic" and len(ds.size) != len(self.decomposition.grid):
+            raise ValueError(
+                f"dataset.size {ds.size} has {len(ds.size)} dimensions but decomposition.grid "
+                f"{self.decomposition.grid} has {len(self.decomposition.grid)}; use a 2-entry grid for images, 3 for volumes"
+            )
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.decomposition.grid)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """Readable one-line-per-problem text: 'training.optimizer: Input should be ...'."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        lines.append(f"{loc}: {e['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None) -> RunConfig:
+    """Validate a plain dict (from YAML, JSON or REST) into a RunConfig or raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML (or JSON) config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
