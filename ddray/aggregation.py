@@ -1,0 +1,87 @@
+"""The coarse level: turning N local class-probability vectors into one decision.
+
+``average`` and ``vote`` are the cheap baselines of arXiv 2408.14442; ``dnn``
+trains the dense coarse network on the local probabilities. All functions
+take probabilities shaped (samples, subdomains, classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ddray.models import DNNAggregator, count_parameters
+from ddray.training.loop import FitResult, OptimizerSettings, fit, predict_proba
+
+
+def stack_probabilities(per_subdomain: list[np.ndarray]) -> np.ndarray:
+    """[(n, K)] * N -> (n, N, K) float32."""
+    return np.stack(per_subdomain, axis=1).astype(np.float32)
+
+
+def average_predict(probs: np.ndarray) -> np.ndarray:
+    """Class with the highest mean local probability."""
+    return probs.mean(axis=1).argmax(axis=1)
+
+
+def vote_predict(probs: np.ndarray) -> np.ndarray:
+    """Majority of local decisions; ties go to the tied class with the higher mean probability."""
+    n, _, k = probs.shape
+    decisions = probs.argmax(axis=2)  # (n, N)
+    counts = np.zeros((n, k), dtype=np.float64)
+    np.add.at(counts, (np.arange(n)[:, None], decisions), 1.0)
+    # mean probability < 1 breaks ties without ever outweighing a whole vote
+    return (counts + probs.mean(axis=1) * 0.5).argmax(axis=1)
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float((np.asarray(pred) == np.asarray(y)).mean()) if len(y) else float("nan")
+
+
+@dataclass
+class DNNOutcome:
+    model: DNNAggregator
+    fit: FitResult
+    test_probabilities: np.ndarray
+    test_accuracy: float
+    parameters: int
+
+
+def train_dnn(
+    probs: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    *,
+    hidden: list[int],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> DNNOutcome:
+    """Train the coarse DNN on train-split local probabilities, select on validation, score on test."""
+    torch.manual_seed(seed)
+    n_sub, k = probs["train"].shape[1:]
+    model = DNNAggregator(n_sub, k, hidden=list(hidden), dropout=dropout)
+    tensors = {s: torch.from_numpy(np.ascontiguousarray(p)) for s, p in probs.items()}
+    ys = {s: torch.from_numpy(np.asarray(v, dtype=np.int64)) for s, v in labels.items()}
+    result = fit(
+        model,
+        tensors["train"],
+        ys["train"],
+        tensors["val"],
+        ys["val"],
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=OptimizerSettings("adam", lr),
+        seed=seed,
+    )
+    test_probs = predict_proba(model, tensors["test"])
+    return DNNOutcome(
+        model=model,
+        fit=result,
+        test_probabilities=test_probs,
+        test_accuracy=accuracy(test_probs.argmax(1), labels["test"]),
+        parameters=count_parameters(model),
+    )

@@ -1,0 +1,185 @@
+"""The parallel phase: one Ray actor trains each subdomain's local CNN.
+
+Design:
+- The data set is put into the object store once by the driver; every actor
+  receives the same reference and slices its own subdomain (a zero-copy view
+  of shared memory on the same node, then one copy of 1/N of the pixels).
+- Actors are a pool sized to what the cluster can host at once (at most one
+  per subdomain). Each actor is started once (one ``import torch``) and takes
+  the next subdomain as soon as it is free; it is killed when no work is left,
+  so its resources go back to the cluster at once.
+- An actor that dies is restarted by Ray (``max_restarts``) and its task is
+  retried (``max_task_retries``); the retried task resumes from the
+  per-epoch checkpoint, so no finished epoch is trained twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import ray
+from ray.util.queue import Queue
+
+from ddray.decomposition import Subdomain
+from ddray.training.local import LocalResult, LocalSettings, train_subdomain
+from ddray.training.loop import Callback
+
+
+class SubdomainFailed(RuntimeError):
+    """A subdomain's training failed after all retries; names the subdomain and cause."""
+
+
+class QueueProgress(Callback):
+    """Sends one event per epoch to the driver's progress queue."""
+
+    def __init__(self, queue: Queue | None, subdomain: int, epochs: int, extra: dict | None = None):
+        self.queue, self.subdomain, self.epochs, self.extra = queue, subdomain, epochs, extra or {}
+
+    def send(self, event: dict) -> None:
+        if self.queue is not None:
+            try:
+                self.queue.put_nowait({"subdomain": self.subdomain, "epochs": self.epochs, **self.extra, **event})
+            except Exception:  # progress must never break training
+                pass
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: Any) -> None:
+        self.send({"status": "running", **metrics})
+
+
+@ray.remote
+class SubdomainWorker:
+    """A long-lived training process: imports torch once and trains many subdomains."""
+
+    def __init__(self, cpus: float):
+        import torch
+
+        torch.set_num_threads(max(1, int(cpus)))
+        self.restarts_seen = int(os.environ.get("DDRAY_RESTART_MARK", "0"))
+
+    def where(self) -> dict:
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "actor_id": ctx.get_actor_id()}
+
+    def train(
+        self,
+        sub: Subdomain,
+        arrays: Mapping[str, Any],
+        settings: LocalSettings,
+        checkpoint_path: str,
+        model_path: str,
+        queue: Queue | None,
+    ) -> tuple[LocalResult, dict]:
+        progress = QueueProgress(queue, sub.index, settings.epochs)
+        progress.send({"status": "started", "epoch": 0})
+        result = train_subdomain(sub, arrays, settings, checkpoint_path=checkpoint_path, model_path=model_path, callbacks=[progress])
+        return result, self.where()
+
+
+@dataclass
+class LocalTask:
+    sub: Subdomain
+    settings: LocalSettings
+    checkpoint_path: str
+    model_path: str
+
+
+def run_local_phase(
+    tasks: list[LocalTask],
+    data_ref: ray.ObjectRef,
+    *,
+    cpus: float,
+    gpus: float,
+    slots: int,
+    max_retries: int,
+    on_event: Callable[[dict], None],
+    on_result: Callable[[LocalResult, dict], None],
+    poll_s: float = 0.25,
+) -> list[LocalResult]:
+    """Train every task on a pool of at most ``slots`` actors; results in task order."""
+    if not tasks:
+        return []
+    queue = Queue(actor_options={"num_cpus": 0})
+    pool_size = max(1, min(slots, len(tasks)))
+    options = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=max_retries, max_task_retries=max_retries)
+    workers = [SubdomainWorker.options(**options).remote(cpus) for _ in range(pool_size)]
+    pending_tasks = list(tasks)
+    running: dict[ray.ObjectRef, tuple[Any, LocalTask]] = {}
+    results: dict[int, LocalResult] = {}
+
+    def submit(worker) -> None:
+        task = pending_tasks.pop(0)
+        ref = worker.train.remote(task.sub, data_ref, task.settings, task.checkpoint_path, task.model_path, queue)
+        running[ref] = (worker, task)
+
+    def drain() -> None:
+        while True:
+            try:
+                events = queue.get_nowait_batch(max(1, queue.size()))
+            except Exception:
+                return
+            if not events:
+                return
+            for event in events:
+                on_event(event)
+
+    try:
+        for worker in workers:
+            if pending_tasks:
+                submit(worker)
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
+            drain()
+            for ref in done:
+                worker, task = running.pop(ref)
+                try:
+                    result, where = ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    raise SubdomainFailed(
+                        f"subdomain {task.sub.index} failed: its worker died {max_retries + 1} time(s) "
+                        f"(resources.max_retries={max_retries}); last cause: {_short(err)}. "
+                        f"Finished subdomains and checkpoints are kept; rerun with --resume to continue."
+                    ) from None
+                except ray.exceptions.RayTaskError as err:
+                    raise SubdomainFailed(f"subdomain {task.sub.index} failed: {_short(err)}") from None
+                results[task.sub.index] = result
+                on_event({"subdomain": task.sub.index, "status": "done", "test_accuracy": result.test_accuracy, **where})
+                on_result(result, where)
+                if pending_tasks:
+                    submit(worker)
+                else:
+                    ray.kill(worker)  # give its CPU/GPU back now
+        drain()
+    finally:
+        for worker in workers:
+            try:
+                ray.kill(worker)
+            except Exception:
+                pass
+        try:
+            ray.kill(queue.actor)
+        except Exception:
+            pass
+    return [results[t.sub.index] for t in tasks]
+
+
+def _short(err: BaseException, limit: int = 600) -> str:
+    text = str(err).strip().splitlines()
+    tail = " ".join(line.strip() for line in text[-6:])
+    return tail[-limit:]
+
+
+def wait_for_queue_empty(queue: Queue, timeout_s: float = 2.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and not queue.empty():
+        time.sleep(0.05)
+
+
+__all__ = ["LocalTask", "SubdomainFailed", "SubdomainWorker", "run_local_phase", "QueueProgress"]
+
+
+def task_paths(state_dir: Path, model_dir: Path, index: int) -> tuple[str, str]:
+    return str(state_dir / f"sub{index:03d}.ckpt"), str(model_dir / f"sub{index:03d}.pt")

@@ -1,0 +1,116 @@
+"""Live progress of a run: shown to the user and mirrored to ``progress.json``.
+
+Workers send small event dicts; the driver feeds them to one ``ProgressTracker``
+that renders them (rich bars on a terminal, one line per event in logs) and
+keeps a snapshot file the REST service reads to report per-subdomain progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+PHASES = ("loading", "local_training", "search", "aggregation", "baselines", "done", "failed")
+
+
+class ProgressTracker:
+    """Collects events ``{"subdomain": i, "epoch": e, "epochs": E, ...}`` and phase changes."""
+
+    def __init__(self, path: str | Path | None, num_subdomains: int, console: Console | None = None, min_interval_s: float = 0.5):
+        self.path = Path(path) if path else None
+        self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal and not os.environ.get("DDRAY_PLAIN_PROGRESS")
+        self.min_interval_s = min_interval_s
+        self._last_write = 0.0
+        self.state: dict[str, Any] = {
+            "phase": "loading",
+            "started": time.time(),
+            "updated": time.time(),
+            "subdomains": {str(i): {"status": "pending"} for i in range(num_subdomains)},
+            "phases": {},
+        }
+        self._bars: Progress | None = None
+        self._tasks: dict[str, int] = {}
+
+    # -- phases ---------------------------------------------------------
+    def phase(self, name: str, **info: Any) -> None:
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name}")
+        self.state["phase"] = name
+        self.state["phases"][name] = {"started": time.time(), **info}
+        if name in ("local_training", "search"):
+            self._start_bars()
+        else:
+            self._stop_bars()
+        if name not in ("done", "loading"):
+            self.console.print(f"[bold]ddray[/]: {name.replace('_', ' ')}" + (f" ({info})" if info else ""))
+        self._write(force=True)
+
+    # -- events from workers -------------------------------------------
+    def update(self, event: dict[str, Any]) -> None:
+        key = str(event["subdomain"])
+        entry = self.state["subdomains"].setdefault(key, {})
+        entry.update({k: v for k, v in event.items() if k != "subdomain"})
+        acc = event.get("val_accuracy")
+        if acc is not None and acc == acc and acc > entry.get("best_val_accuracy", -1.0):
+            entry["best_val_accuracy"] = acc
+        self.state["updated"] = time.time()
+        self._render(key, entry, event)
+        self._write(force=event.get("status") in ("done", "failed", "restored"))
+
+    def _render(self, key: str, entry: dict, event: dict) -> None:
+        epoch, epochs = entry.get("epoch", 0), entry.get("epochs", 0)
+        loss, acc = entry.get("train_loss"), entry.get("val_accuracy")
+        detail = f"loss {loss:.3f} val_acc {acc:.3f}" if loss is not None and acc is not None else entry.get("status", "")
+        trial = f" trial {event['trial']}" if "trial" in event else ""
+        if self._bars is not None:
+            if key not in self._tasks:
+                self._tasks[key] = self._bars.add_task(f"subdomain {key}", total=epochs or None, detail="")
+            self._bars.update(self._tasks[key], completed=epoch, total=epochs or None, detail=detail + trial)
+        elif "epoch" in event or event.get("status") in ("done", "failed", "restored"):
+            status = event.get("status", "")
+            self.console.print(f"  subdomain {key}{trial}: epoch {epoch}/{epochs} {detail} {status}".rstrip(), highlight=False)
+
+    def _start_bars(self) -> None:
+        if self.live and self._bars is None:
+            self._bars = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._bars.start()
+
+    def _stop_bars(self) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+            self._tasks.clear()
+
+    # -- snapshot file ----------------------------------------------------
+    def _write(self, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = time.time()
+        if not force and now - self._last_write < self.min_interval_s:
+            return
+        self._last_write = now
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.state, indent=1, default=float))
+        os.replace(tmp, self.path)
+
+    def close(self, phase: str = "done", error: str | None = None) -> None:
+        self._stop_bars()
+        if error:
+            self.state["error"] = error
+        self.phase(phase)
+        sys.stderr.flush()
