@@ -15,9 +15,7 @@ from typing import Iterator
 
 import ray
 
-
-class ResourceError(RuntimeError):
-    """The Ray cluster can never satisfy the requested per-subdomain resources."""
+from ddray.errors import ResourceError
 
 
 @dataclass(frozen=True)

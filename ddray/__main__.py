@@ -1,0 +1,5 @@
+import sys
+
+from ddray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The ``ddray`` command line: run, demo, predict (and the REST client commands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", help="output folder (default: runs/<config name>)")
+    p.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: embedded local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddray", description="Domain-decomposition CNN-DNN training on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train a job from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR with its saved config")
+    _add_run_args(p)
+
+    p = sub.add_parser("demo", help="digits, 2x2 subdomains with overlap, on the embedded local Ray")
+    _add_run_args(p)
+
+    p = sub.add_parser("predict", help="classify new inputs (npz, image file or folder) with a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("images")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("validate", help="check a config file without running it")
+    p.add_argument("config")
+
+    try:
+        from api.cli_commands import register
+    except ImportError:  # the REST service is optional for the core CLI
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from ddray.config import load_config
+    from ddray.orchestration.driver import run
+
+    if args.resume:
+        from ddray.run_dir import RunDir
+
+        config = RunDir(Path(args.resume)).read_config()
+        output = Path(args.resume)
+    elif args.config:
+        config = load_config(args.config)
+        output = Path(args.output or Path("runs") / Path(args.config).stem)
+    else:
+        console.print("[red]error[/]: give a CONFIG file or --resume RUN_DIR")
+        return EXIT_BAD_INPUT
+    run(config, output, address=args.address, resume=bool(args.resume), num_cpus=args.num_cpus)
+    return 0
+
+
+def _demo(args: argparse.Namespace, console: Console) -> int:
+    from ddray.orchestration.driver import run
+    from ddray.presets import demo_config
+
+    run(demo_config(), Path(args.output or "runs/demo"), address=args.address, num_cpus=args.num_cpus)
+    return 0
+
+
+def _predict(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from ddray.predict import TrainedRun
+
+    preds = TrainedRun(args.run_dir).predict_path(args.images)
+    rows = preds.records()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = Table(title=f"predictions of {args.run_dir}")
+    for col in rows[0] if rows else ["input"]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
+    return 0
+
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    from ddray.config import load_config
+
+    config = load_config(args.config)
+    console.print(f"{args.config}: valid ({config.decomposition.num_subdomains} subdomains, model {config.local_model.name})")
+    return 0
+
+
+HANDLERS = {"run": _run, "demo": _demo, "predict": _predict, "validate": _validate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ddray.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    handler = HANDLERS.get(args.command) or args.handler
+    try:
+        return handler(args, console)
+    except USER_ERRORS as err:
+        console.print(f"[red]error[/]: {err}", highlight=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished subdomains are kept; continue with ddray run --resume RUN_DIR")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Errors that mean 'your input is wrong' (CLI exit code 2, HTTP 422), gathered in one tuple."""
+
+from __future__ import annotations
+
+from ddray.config import ConfigError
+from ddray.data import DataError
+from ddray.decomposition import DecompositionError
+from ddray.models import UnknownModelError
+from ddray.run_dir import RunDirError
+
+
+class ResourceError(RuntimeError):
+    """The Ray cluster can never satisfy the requested per-subdomain resources."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DataError,
+    DecompositionError,
+    UnknownModelError,
+    RunDirError,
+    ResourceError,
+)

@@ -1,0 +1,1 @@
+"""Everything that talks to Ray: connecting, actors, the coarse task, Tune and Train jobs."""

@@ -1,0 +1,187 @@
+"""The driver: one ddray job from config to results folder.
+
+Order matters for the user: everything that can be checked without Ray
+(config, data, decomposition, output folder) is checked first, so bad input
+fails in seconds and never half-way through a training.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from rich.console import Console
+
+from ddray import report
+from ddray.aggregation import accuracy, average_predict, stack_probabilities, vote_predict
+from ddray.config import RunConfig
+from ddray.data import Dataset, load_dataset
+from ddray.decomposition import Subdomain, decompose
+from ddray.orchestration.cluster import check_feasible, ray_session
+from ddray.orchestration.coarse import run_coarse_step
+from ddray.orchestration.local_phase import LocalTask, run_local_phase
+from ddray.progress import ProgressTracker
+from ddray.run_dir import RunDir, RunDirError, load_local_result, save_local_result
+from ddray.training.local import LocalResult, LocalSettings
+
+
+def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool) -> RunDir:
+    """Refuse to overwrite a finished or partial run unless resuming it with the same config."""
+    storage = Path(config.storage) / Path(output_dir).name if config.storage else None
+    run_dir = RunDir(Path(output_dir), storage=storage)
+    if resume:
+        saved = run_dir.read_config()
+        if saved.model_dump() != config.model_dump():
+            raise RunDirError(
+                f"cannot resume {run_dir.root}: its config.yaml differs from the given config; "
+                f"resume with the saved config (ddray run --resume {run_dir.root}) or use a new --output"
+            )
+    elif run_dir.config.exists():
+        raise RunDirError(
+            f"{run_dir.root} already holds a ddray run; nothing was changed. "
+            f"Continue it with --resume, or choose another --output"
+        )
+    return run_dir
+
+
+def dataset_arrays(dataset: Dataset) -> dict[str, np.ndarray]:
+    return {
+        "x_train": dataset.x_train,
+        "y_train": dataset.y_train,
+        "x_val": dataset.x_val,
+        "y_val": dataset.y_val,
+        "x_test": dataset.x_test,
+        "y_test": dataset.y_test,
+    }
+
+
+def run(
+    config: RunConfig,
+    output_dir: str | Path,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    num_cpus: int | None = None,
+) -> dict[str, Any]:
+    """Run a whole ddray job and return the content of results.json."""
+    started = time.perf_counter()
+    console = console or Console(stderr=True)
+    run_dir = prepare_run_dir(config, output_dir, resume)
+    dataset = load_dataset(config.dataset, seed=config.seed, grid=config.decomposition.grid, overlap=config.decomposition.overlap)
+    subdomains = decompose(dataset.spatial_shape, config.decomposition.grid, config.decomposition.overlap)
+    run_dir.create()
+    if not resume:
+        run_dir.write_config(config)
+    report.write_json(run_dir.preprocessing, dataset.preprocessing.to_dict())
+    report.write_json(run_dir.subdomains, [asdict(s) for s in subdomains])
+    console.print(
+        f"[bold]ddray[/]: {dataset.summary()['train']} train / {dataset.summary()['val']} val / "
+        f"{dataset.summary()['test']} test samples, shape {list(dataset.spatial_shape)}, "
+        f"{dataset.num_classes} classes; {len(subdomains)} subdomains of grid {config.decomposition.grid}"
+    )
+    tracker = ProgressTracker(run_dir.progress, len(subdomains), console)
+    try:
+        with ray_session(address, num_cpus=num_cpus):
+            results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started)
+    except BaseException as err:
+        tracker.close("failed", error=str(err) or type(err).__name__)
+        raise
+    tracker.close("done")
+    report.print_table(results, Console())
+    console.print(f"[bold]ddray[/]: results in {run_dir.root}")
+    return results
+
+
+def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains: list[Subdomain], tracker: ProgressTracker, started: float) -> dict[str, Any]:
+    res = config.resources
+    slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
+    settings = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+
+    finished: dict[int, tuple[dict[str, np.ndarray], dict]] = {}
+    for sub in subdomains:
+        path = run_dir.local_result(sub.index)
+        if path.exists():
+            finished[sub.index] = load_local_result(path)
+            tracker.update({"subdomain": sub.index, "status": "restored", "test_accuracy": finished[sub.index][1]["test_accuracy"]})
+
+    data_ref = ray.put(dataset_arrays(dataset))  # once, shared by every worker
+    local_started = time.perf_counter()
+    todo = [s for s in subdomains if s.index not in finished]
+    tracker.phase("local_training", subdomains=len(subdomains), to_train=len(todo), workers=min(slots, max(1, len(todo))))
+
+    def keep(result: LocalResult, where: dict) -> None:
+        summary = {**result.summary(), "node_id": where.get("node_id"), "bounds": subdomains[result.subdomain].bounds}
+        save_local_result(run_dir.local_result(result.subdomain), result.probabilities, summary)
+        finished[result.subdomain] = (result.probabilities, summary)
+
+    tasks = [
+        LocalTask(sub, settings, str(run_dir.state_file(sub.index)), str(run_dir.local_model(sub.index)))
+        for sub in todo
+    ]
+    run_local_phase(
+        tasks,
+        data_ref,
+        cpus=res.cpus_per_subdomain,
+        gpus=res.gpus_per_subdomain,
+        slots=slots,
+        max_retries=res.max_retries,
+        on_event=tracker.update,
+        on_result=keep,
+    )
+    local_wall = time.perf_counter() - local_started
+
+    tracker.phase("aggregation", methods=config.aggregation.methods)
+    agg_started = time.perf_counter()
+    probs = {split: stack_probabilities([finished[s.index][0][split] for s in subdomains]) for split in ("train", "val", "test")}
+    labels = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
+    aggregation = _aggregate(config, probs, labels, run_dir, res.cpus_per_subdomain)
+    aggregation_wall = time.perf_counter() - agg_started
+
+    results: dict[str, Any] = {
+        "local": [finished[s.index][1] for s in subdomains],
+        "aggregation": aggregation,
+        "timings_s": {
+            "local_wall": round(local_wall, 3),
+            "aggregation_wall": round(aggregation_wall, 3),
+            "total_wall": round(time.perf_counter() - started, 3),
+        },
+        "dataset": {**dataset.summary(), "class_names": dataset.class_names},
+        "decomposition": {"grid": config.decomposition.grid, "overlap": config.decomposition.overlap, "subdomains": len(subdomains)},
+        "config": config.model_dump(mode="json"),
+        "versions": report.library_versions(),
+    }
+    report.write_json(run_dir.results, results)
+    report.write_tables(results, run_dir.root)
+    report.plot_accuracy(results, run_dir.root / report.PLOT_FILE)
+    return results
+
+
+def _aggregate(config: RunConfig, probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], run_dir: RunDir, cpus: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method in config.aggregation.methods:
+        if method == "average":
+            out["average"] = {"test_accuracy": accuracy(average_predict(probs["test"]), labels["test"]), "parameters": 0}
+        elif method == "vote":
+            out["vote"] = {"test_accuracy": accuracy(vote_predict(probs["test"]), labels["test"]), "parameters": 0}
+        elif method == "dnn":
+            dnn_cfg = config.aggregation.dnn.model_dump()
+            t0 = time.perf_counter()
+            trained = run_coarse_step(probs, labels, dnn_cfg, config.seed, cpus=min(1.0, cpus))
+            torch.save(
+                {"state_dict": trained["state_dict"], "num_subdomains": probs["test"].shape[1], "num_classes": probs["test"].shape[2], **dnn_cfg},
+                run_dir.dnn,
+            )
+            out["dnn"] = {
+                "test_accuracy": trained["test_accuracy"],
+                "validation_accuracy": trained["validation_accuracy"],
+                "best_epoch": trained["best_epoch"],
+                "parameters": trained["parameters"],
+                "train_wall_s": round(time.perf_counter() - t0, 3),
+            }
+    return out

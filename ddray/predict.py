@@ -1,0 +1,95 @@
+"""Classifying new inputs with a finished run (no Ray needed).
+
+The saved run holds everything: the preprocessing, the subdomain bounds, each
+local CNN's weights and the DNN's. Prediction replays the decomposition and
+the coarse step exactly as in training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddray.aggregation import average_predict, stack_probabilities, vote_predict
+from ddray.data import Preprocessing, load_predict_inputs
+from ddray.decomposition import Subdomain
+from ddray.models import DNNAggregator
+from ddray.run_dir import RunDir, RunDirError
+from ddray.training.local import LocalSettings, build_local_model
+from ddray.training.loop import predict_proba
+
+
+@dataclass
+class Predictions:
+    names: list[str]
+    class_names: list[str]
+    decisions: dict[str, np.ndarray]  # method -> (n,) class index
+    probabilities: np.ndarray | None  # DNN probabilities (n, K), if the run has a DNN
+
+    def records(self) -> list[dict]:
+        rows = []
+        for i, name in enumerate(self.names):
+            row = {"input": name}
+            for method, pred in self.decisions.items():
+                row[method] = self.class_names[int(pred[i])]
+            if self.probabilities is not None:
+                row["dnn_confidence"] = round(float(self.probabilities[i].max()), 4)
+            rows.append(row)
+        return rows
+
+
+class TrainedRun:
+    """A finished run loaded for inference."""
+
+    def __init__(self, root: str | Path):
+        self.run_dir = RunDir(Path(root))
+        self.config = self.run_dir.read_config()
+        results = self.run_dir.read_results()
+        self.class_names = results.get("dataset", {}).get("class_names") or []
+        self.preprocessing = Preprocessing.from_dict(json.loads(self.run_dir.preprocessing.read_text()))
+        self.subdomains = [
+            Subdomain(index=s["index"], position=tuple(s["position"]), bounds=tuple(tuple(b) for b in s["bounds"]))
+            for s in json.loads(self.run_dir.subdomains.read_text())
+        ]
+        self.local_models = [self._load_local(s.index) for s in self.subdomains]
+        self.dnn = self._load_dnn() if self.run_dir.dnn.exists() else None
+        if not self.class_names:
+            k = self.local_models[0][1].num_classes
+            self.class_names = [str(i) for i in range(k)]
+
+    def _load_local(self, index: int) -> tuple[torch.nn.Module, LocalSettings]:
+        path = self.run_dir.local_model(index)
+        if not path.exists():
+            raise RunDirError(f"missing local model checkpoint {path}; the run is incomplete")
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        settings = LocalSettings(**saved["settings"])
+        model = build_local_model(settings)
+        model.load_state_dict(saved["state_dict"])
+        return model.eval(), settings
+
+    def _load_dnn(self) -> DNNAggregator:
+        saved = torch.load(self.run_dir.dnn, map_location="cpu", weights_only=False)
+        model = DNNAggregator(saved["num_subdomains"], saved["num_classes"], hidden=saved["hidden"], dropout=saved["dropout"])
+        model.load_state_dict(saved["state_dict"])
+        return model.eval()
+
+    def local_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(n, N, K) probabilities of every local CNN on its own subimage."""
+        return stack_probabilities([predict_proba(model, np.ascontiguousarray(sub.extract(x))) for sub, (model, _) in zip(self.subdomains, self.local_models)])
+
+    def predict_array(self, x: np.ndarray, names: list[str] | None = None) -> Predictions:
+        probs = self.local_probabilities(x)
+        decisions = {"average": average_predict(probs), "vote": vote_predict(probs)}
+        dnn_probs = None
+        if self.dnn is not None:
+            dnn_probs = predict_proba(self.dnn, probs)
+            decisions = {"dnn": dnn_probs.argmax(1), **decisions}
+        return Predictions(names or [f"x[{i}]" for i in range(len(x))], self.class_names, decisions, dnn_probs)
+
+    def predict_path(self, path: str | Path) -> Predictions:
+        x, names = load_predict_inputs(path, self.preprocessing)
+        return self.predict_array(x, names)
