@@ -64,8 +64,8 @@ def train_dnn(
     torch.manual_seed(seed)
     n_sub, k = probs["train"].shape[1:]
     model = DNNAggregator(n_sub, k, hidden=list(hidden), dropout=dropout)
-    tensors = {s: torch.from_numpy(np.ascontiguousarray(p)) for s, p in probs.items()}
-    ys = {s: torch.from_numpy(np.asarray(v, dtype=np.int64)) for s, v in labels.items()}
+    tensors = {s: torch.from_numpy(np.array(p, dtype=np.float32, order="C")) for s, p in probs.items()}
+    ys = {s: torch.from_numpy(np.array(v, dtype=np.int64)) for s, v in labels.items()}
     result = fit(
         model,
         tensors["train"],

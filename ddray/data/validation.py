@@ -21,13 +21,14 @@ class DataError(ValueError):
     """Input data that cannot be used; the message names the file, the problem and the fix."""
 
 
-def require_path(path: str | Path | None, field: str = "dataset.path") -> Path:
+def require_path(path: str | Path | None, field: str | None = "dataset.path", what: str = "dataset path") -> Path:
     """The path as a ``Path``; DataError when it is not set or does not exist."""
+    where = f" ({field})" if field else ""
     if path is None or str(path) == "":
-        raise DataError(f"no path given ({field}); set it to the data file or folder")
+        raise DataError(f"no {what} given{where}; set it to the data file or folder")
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"dataset path not found: {path} ({field})")
+        raise DataError(f"{what} not found: {path}{where}")
     return p
 
 

@@ -16,9 +16,7 @@ Design:
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import ray
@@ -58,11 +56,18 @@ class SubdomainWorker:
         import torch
 
         torch.set_num_threads(max(1, int(cpus)))
-        self.restarts_seen = int(os.environ.get("DDRAY_RESTART_MARK", "0"))
 
     def where(self) -> dict:
+        """Where this worker runs and its peak memory (benchmarks show the data is not copied N times)."""
+        import resource
+
         ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "actor_id": ctx.get_actor_id()}
+        return {
+            "node_id": ctx.get_node_id(),
+            "pid": os.getpid(),
+            "actor_id": ctx.get_actor_id(),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
 
     def train(
         self,
@@ -172,14 +177,3 @@ def _short(err: BaseException, limit: int = 600) -> str:
     return tail[-limit:]
 
 
-def wait_for_queue_empty(queue: Queue, timeout_s: float = 2.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and not queue.empty():
-        time.sleep(0.05)
-
-
-__all__ = ["LocalTask", "SubdomainFailed", "SubdomainWorker", "run_local_phase", "QueueProgress"]
-
-
-def task_paths(state_dir: Path, model_dir: Path, index: int) -> tuple[str, str]:
-    return str(state_dir / f"sub{index:03d}.ckpt"), str(model_dir / f"sub{index:03d}.pt")

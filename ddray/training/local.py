@@ -98,8 +98,8 @@ def subdomain_tensors(arrays: Mapping[str, np.ndarray], sub: Subdomain) -> dict[
     """The subdomain's pixels of every split as contiguous tensors (one copy of 1/N of the data)."""
     out = {}
     for split in SPLITS:
-        out[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(sub.extract(arrays[f"x_{split}"])))
-        out[f"y_{split}"] = torch.from_numpy(np.asarray(arrays[f"y_{split}"], dtype=np.int64))
+        out[f"x_{split}"] = torch.from_numpy(np.array(sub.extract(arrays[f"x_{split}"]), dtype=np.float32, order="C"))
+        out[f"y_{split}"] = torch.from_numpy(np.array(arrays[f"y_{split}"], dtype=np.int64))
     return out
 
 

@@ -1,0 +1,40 @@
+"""Shared fixtures: one small local Ray for the whole session, fixed seeds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("DDRAY_PLAIN_PROGRESS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A 2-CPU local Ray with one logical (fake) GPU, shared by every Ray test of the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            num_gpus=1,
+            include_dashboard=False,
+            object_store_memory=200 * 1024**2,
+            namespace="ddray-tests",
+            logging_level="WARNING",
+        )
+    yield ray
+    ray.shutdown()
