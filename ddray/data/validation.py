@@ -82,7 +82,7 @@ def check_labels(y: np.ndarray, *, origin: str, n: int, name: str = "y", x_name:
         if fractional.size:
             raise DataError(
                 f"{origin}: labels '{name}' must be integers (class ids 0..K-1); found fractional "
-                f"value {fractional.flat[0]!r}"
+                f"value {float(fractional.flat[0])}"
             )
     else:
         raise DataError(

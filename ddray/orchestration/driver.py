@@ -124,16 +124,23 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
         LocalTask(sub, settings, str(run_dir.state_file(sub.index)), str(run_dir.local_model(sub.index)))
         for sub in todo
     ]
-    run_local_phase(
-        tasks,
-        data_ref,
-        cpus=res.cpus_per_subdomain,
-        gpus=res.gpus_per_subdomain,
-        slots=slots,
-        max_retries=res.max_retries,
-        on_event=tracker.update,
-        on_result=keep,
-    )
+    extra: dict[str, Any] = {}
+    if config.tune is not None:
+        from ddray.orchestration.tune_search import run_search  # issue 3: per-subdomain Ray Tune search
+
+        tracker.phase("search", subdomains=len(subdomains), samples=config.tune.num_samples)
+        extra["tune"] = run_search(config, run_dir, tasks, data_ref, slots=slots, on_event=tracker.update, on_result=keep)
+    else:
+        run_local_phase(
+            tasks,
+            data_ref,
+            cpus=res.cpus_per_subdomain,
+            gpus=res.gpus_per_subdomain,
+            slots=slots,
+            max_retries=res.max_retries,
+            on_event=tracker.update,
+            on_result=keep,
+        )
     local_wall = time.perf_counter() - local_started
 
     tracker.phase("aggregation", methods=config.aggregation.methods)
@@ -143,14 +150,21 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
     aggregation = _aggregate(config, probs, labels, run_dir, res.cpus_per_subdomain)
     aggregation_wall = time.perf_counter() - agg_started
 
+    timings = {"local_wall": round(local_wall, 3), "aggregation_wall": round(aggregation_wall, 3)}
+    if config.compare:
+        from ddray.orchestration.train_jobs import run_baselines  # issue 3: global / coherent / transfer
+
+        tracker.phase("baselines", models=config.compare)
+        baselines_started = time.perf_counter()
+        extra["baselines"] = run_baselines(config, run_dir, dataset, subdomains)
+        timings["baselines_wall"] = round(time.perf_counter() - baselines_started, 3)
+    timings["total_wall"] = round(time.perf_counter() - started, 3)
+
     results: dict[str, Any] = {
         "local": [finished[s.index][1] for s in subdomains],
         "aggregation": aggregation,
-        "timings_s": {
-            "local_wall": round(local_wall, 3),
-            "aggregation_wall": round(aggregation_wall, 3),
-            "total_wall": round(time.perf_counter() - started, 3),
-        },
+        **extra,
+        "timings_s": timings,
         "dataset": {**dataset.summary(), "class_names": dataset.class_names},
         "decomposition": {"grid": config.decomposition.grid, "overlap": config.decomposition.overlap, "subdomains": len(subdomains)},
         "config": config.model_dump(mode="json"),
