@@ -37,6 +37,7 @@ No Ray cluster is started and nothing touches the network.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -130,31 +131,45 @@ def test_passes_ray_up_validation(config):
     assert head_type(prepared)["max_workers"] == 0
 
 
+def _top(config: dict[str, Any]) -> dict[str, Any]:
+    return config
+
+
+def _worker(config: dict[str, Any]) -> dict[str, Any]:
+    return config["available_node_types"][first_worker_name(config)]
+
+
+# name -> (section getter, correct key, misspelled key)
 TYPOS = {
-    "top-level max_worker": lambda c: c.__setitem__("max_worker", c.pop("max_workers")),
-    "node type min_workerz": lambda c: c["available_node_types"][first_worker_name(c)].__setitem__(
-        "min_workerz", 0
-    ),
-    "node type max_worker": lambda c: c["available_node_types"][first_worker_name(c)].__setitem__(
-        "max_worker", c["available_node_types"][first_worker_name(c)].pop("max_workers")
-    ),
-    "node type resource": lambda c: c["available_node_types"][first_worker_name(c)].__setitem__(
-        "resource", c["available_node_types"][first_worker_name(c)].pop("resources")
-    ),
-    "top-level idle_timeout_minute": lambda c: c.__setitem__(
-        "idle_timeout_minute", c.pop("idle_timeout_minutes")
-    ),
-    "top-level setup_command": lambda c: c.__setitem__("setup_command", c.pop("setup_commands")),
+    "max_worker": (_top, "max_workers", "max_worker"),
+    "idle_timeout_minute": (_top, "idle_timeout_minutes", "idle_timeout_minute"),
+    "setup_command": (_top, "setup_commands", "setup_command"),
+    "node type min_workerz": (_worker, "min_workers", "min_workerz"),
+    "node type max_worker": (_worker, "max_workers", "max_worker"),
+    "node type resource": (_worker, "resources", "resource"),
 }
 
 
 @pytest.mark.parametrize("typo", list(TYPOS))
 def test_misspelled_field_fails_validation(config, typo):
     """A typo in a field name must fail CI, not be silently ignored by `ray up`."""
+    section_of, key, misspelled = TYPOS[typo]
     broken = copy.deepcopy(config)
-    TYPOS[typo](broken)
+    section = section_of(broken)
+    section[misspelled] = section.pop(key)
     with pytest.raises(jsonschema.ValidationError, match="unexpected|required property"):
         validate_ray_up(broken)
+
+
+def test_misspelled_copy_of_the_file_fails_validation(cluster_file, tmp_path):
+    """The same through a file: a copy with `min_workerz` in the worker node type."""
+    text = cluster_file.read_text()
+    assert text.count("    min_workers: 0\n") == 1
+    copy_path = tmp_path / cluster_file.name
+    copy_path.write_text(text.replace("    min_workers: 0\n", "    min_workerz: 0\n"))
+    validate_ray_up(load(cluster_file))
+    with pytest.raises(jsonschema.ValidationError, match="min_workerz"):
+        validate_ray_up(load(copy_path))
 
 
 def test_fractional_node_gpu_fails_validation(config):
@@ -185,7 +200,7 @@ def test_min_workers_above_max_workers_fails_validation(config):
 def test_provider_keys_are_known_to_ray(config):
     """Stricter than `ray up`: the schema allows any provider key, so `regoin` would pass there."""
     schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
-    known = set(yaml.safe_load(schema_path.read_text())["properties"]["provider"]["properties"])
+    known = set(json.loads(schema_path.read_text())["properties"]["provider"]["properties"])
     assert set(config["provider"]) <= known, sorted(set(config["provider"]) - known)
     assert config["provider"]["type"] in STORAGE_SCHEME
 
@@ -208,9 +223,12 @@ def test_workers_have_whole_gpus_and_scale_from_zero(config):
         assert 1 <= node["max_workers"] <= config["max_workers"], name
 
 
-def test_gcp_gpu_nodes_attach_their_gpus(config):
-    if config["provider"]["type"] != "gcp":
-        pytest.skip("GCP only")
+GCP_FILES = [p for p in CLUSTER_FILES if load(p)["provider"]["type"] == "gcp"]
+
+
+@pytest.mark.parametrize("gcp_file", GCP_FILES, ids=_ids(GCP_FILES))
+def test_gcp_gpu_nodes_attach_their_gpus(gcp_file):
+    config = load(gcp_file)
     for name, node in worker_types(config).items():
         accelerators = node["node_config"].get("guestAccelerators", [])
         assert sum(a["acceleratorCount"] for a in accelerators) == node["resources"]["GPU"], name

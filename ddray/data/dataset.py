@@ -240,7 +240,7 @@ def load_dataset(
     from ddray.data.sources import SOURCES
 
     raw = SOURCES[cfg.source](cfg, seed=seed, grid=list(grid) if grid is not None else None)
-    origin = raw.origin
+    origin, num_classes, class_names = raw.origin, int(raw.num_classes), list(raw.class_names)
     x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
     if cfg.limit:
         x, y = x[: cfg.limit], y[: cfg.limit]
@@ -269,18 +269,18 @@ def load_dataset(
         x_test, y_test = x[test_idx], y[test_idx]
         x_pool, y_pool = x[train_idx], y[train_idx]
     else:
-        x_pool, y_pool = x, y
-        x_test = np.array(x_test, dtype=np.float32, copy=True)
+        x_pool, y_pool = x, y  # loaders return fresh arrays: x_test is normalised in place below
     fit_idx, val_idx = split_indices(
         y_pool, cfg.validation_fraction, _seed(seed, 1), origin=origin, what="train/validation"
     )
     x_train, y_train = x_pool[fit_idx], y_pool[fit_idx]
     x_val, y_val = x_pool[val_idx], y_pool[val_idx]
+    x = x_pool = raw = None  # free the unsplit copies before normalising (CIFAR: ~600 MB each)
     if len(y_test) == 0:
         raise DataError(f"{origin}: the test split is empty; use more samples")
 
     mean, std = channel_stats(x_train)
-    prep = Preprocessing(channels=int(x.shape[1]), spatial_shape=spatial, mean=mean, std=std, resize=target)
+    prep = Preprocessing(channels=int(x_train.shape[1]), spatial_shape=spatial, mean=mean, std=std, resize=target)
     for arr in (x_train, x_val, x_test):
         _normalise_inplace(arr, mean, std)
     return Dataset(
@@ -290,8 +290,8 @@ def load_dataset(
         y_val=np.ascontiguousarray(y_val, dtype=np.int64),
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
         y_test=np.ascontiguousarray(y_test, dtype=np.int64),
-        num_classes=int(raw.num_classes),
-        class_names=list(raw.class_names),
+        num_classes=num_classes,
+        class_names=class_names,
         preprocessing=prep,
         source=cfg.source,
     )

@@ -54,12 +54,15 @@ def check_images(x: np.ndarray, *, origin: str, name: str = "x") -> np.ndarray:
         raise DataError(f"{origin}: '{name}' is empty (0 samples)")
     if any(s == 0 for s in x.shape[1:]):
         raise DataError(f"{origin}: '{name}' has an empty axis: shape {tuple(x.shape)}")
-    if x.shape[1] > 64 and x.shape[-1] <= 4:
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:  # (N, H, W, C): no real image is <= 4 px wide
         raise DataError(
             f"{origin}: '{name}' has shape {tuple(x.shape)}, which looks channels-last; ddray expects "
             f"channels first {SPATIAL_LAYOUTS}: use np.moveaxis(x, -1, 1)"
         )
+    was_float = x.dtype.kind == "f"
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if not was_float:  # bool/int pixels are always finite after conversion
+        return x
     finite = np.isfinite(x)
     if not finite.all():
         bad_sample = int(np.argwhere(~finite.reshape(len(x), -1).all(axis=1))[0, 0])

@@ -33,6 +33,28 @@ def alive_nodes() -> list[NodeResources]:
     ]
 
 
+def autoscaling_node_types() -> list[tuple[NodeResources, int]]:
+    """(resources, max_count) of node types the autoscaler may still start (empty when not autoscaling).
+
+    A cloud cluster that scales GPU workers from zero has no GPU node yet when a
+    job arrives; such a job is feasible, not an error. Reads the cluster config
+    the autoscaler publishes to the GCS (private Ray API; ray is pinned).
+    """
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:
+        return []
+    if config is None:
+        return []
+    types = []
+    for group in config.node_group_configs:
+        if group.max_count == 0:
+            continue
+        resources = NodeResources(f"autoscaler:{group.name}", float(group.resources.get("CPU", 0)), float(group.resources.get("GPU", 0)))
+        types.append((resources, group.max_count if group.max_count > 0 else 10**6))
+    return types
+
+
 def slots_per_node(node: NodeResources, cpus: float, gpus: float) -> int:
     """How many workers asking (cpus, gpus) one node can host at the same time."""
     by_cpu = math.floor(node.cpus / cpus + 1e-9) if cpus > 0 else 10**6
@@ -42,8 +64,10 @@ def slots_per_node(node: NodeResources, cpus: float, gpus: float) -> int:
 
 def check_feasible(cpus: float, gpus: float, nodes: list[NodeResources] | None = None) -> int:
     """Raise ResourceError unless some node can host one worker; return the cluster's slot count."""
+    scalable = autoscaling_node_types() if nodes is None else []
     nodes = alive_nodes() if nodes is None else nodes
     slots = sum(slots_per_node(n, cpus, gpus) for n in nodes)
+    slots += sum(min(count * slots_per_node(n, cpus, gpus), 10**6) for n, count in scalable)
     if slots == 0:
         have = ", ".join(f"node {n.node_id[:8]}: CPU {n.cpus:g}, GPU {n.gpus:g}" for n in nodes) or "no alive nodes"
         hint = (

@@ -79,7 +79,7 @@ class SubdomainWorker:
         queue: Queue | None,
     ) -> tuple[LocalResult, dict]:
         progress = QueueProgress(queue, sub.index, settings.epochs)
-        progress.send({"status": "started", "epoch": 0})
+        progress.send({"status": "started", "epoch": 0, "pid": os.getpid()})
         result = train_subdomain(sub, arrays, settings, checkpoint_path=checkpoint_path, model_path=model_path, callbacks=[progress])
         return result, self.where()
 

@@ -1,0 +1,43 @@
+"""Dependencies of the routes, as ``Annotated`` aliases; tests swap them with ``app.dependency_overrides``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.runner import Runner
+from api.security import token_matches, unauthorized
+from api.settings import ServiceSettings
+from api.store import JobStore
+
+bearer_scheme = HTTPBearer(auto_error=False, description="the service's API token (DDRAY_API_TOKEN)")
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_runner(request: Request) -> Runner:
+    return request.app.state.runner
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+RunnerDep = Annotated[Runner, Depends(get_runner)]
+
+
+def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
+    """401 unless the request carries ``Authorization: Bearer <DDRAY_API_TOKEN>``."""
+    if credentials is None:
+        raise unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    if not token_matches(credentials.credentials, settings.token):
+        raise unauthorized("invalid bearer token")

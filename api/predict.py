@@ -1,0 +1,79 @@
+"""Prediction with a finished job's model: uploads saved to a private temp folder, no Ray.
+
+Uploads are data only: ``.npz`` archives are read with ``allow_pickle=False``
+by ddray's loaders and images through Pillow; file names are reduced to a
+safe base name and must have an allowed suffix.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+NPZ_SUFFIXES = {".npz"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+UPLOAD_SUFFIXES = NPZ_SUFFIXES | IMAGE_SUFFIXES
+
+
+class UploadError(ValueError):
+    """An upload the service will not read (HTTP 422)."""
+
+
+def safe_name(filename: str | None, index: int) -> str:
+    """A base name without folders or odd characters, keeping the suffix; UploadError for other suffixes."""
+    base = Path((filename or "").replace("\\", "/")).name
+    suffix = Path(base).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise UploadError(
+            f"upload {filename!r}: only {', '.join(sorted(UPLOAD_SUFFIXES))} files can be classified"
+        )
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(base).stem)[:100].lstrip(".") or f"upload{index}"
+    return f"{stem}{suffix}"
+
+
+class ModelCache:
+    """Loaded ``TrainedRun`` objects per job (a few, least recently used dropped)."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, run_dir: Path) -> Any:
+        with self._lock:
+            if job_id in self._items:
+                self._items.move_to_end(job_id)
+                return self._items[job_id]
+        from ddray.predict import TrainedRun  # torch is imported on the first prediction only
+
+        model = TrainedRun(run_dir)
+        with self._lock:
+            self._items[job_id] = model
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return model
+
+
+def predict_files(model: Any, folder: Path, names: list[str]) -> list[dict]:
+    """Records of every uploaded input: each npz on its own, the images together as one folder."""
+    records: list[dict] = []
+    images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    for name in names:
+        if Path(name).suffix.lower() in NPZ_SUFFIXES:
+            rows = model.predict_path(folder / name).records()
+            if len(rows) > 0 and all(str(r.get("input", "")).startswith("x[") for r in rows):
+                for r in rows:
+                    r["input"] = f"{name}:{r['input']}"
+            records.extend(rows)
+    if len(images) == 1:
+        records.extend(model.predict_path(folder / images[0]).records())
+    elif images:
+        image_dir = folder / "images"
+        image_dir.mkdir(exist_ok=True)
+        for n in images:
+            (folder / n).rename(image_dir / n)
+        records.extend(model.predict_path(image_dir).records())
+    return records

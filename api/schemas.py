@@ -1,0 +1,111 @@
+"""Request and response bodies (one family per resource: JobCreate in, JobPublic out)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ddray.config import RunConfig
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    """A job to run: the same config schema as ``ddray run CONFIG.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200, description="free label shown in lists")
+    config: RunConfig
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+
+
+class SubdomainProgress(BaseModel):
+    index: int
+    status: str | None = Field(None, description="pending, started, running, done, restored or failed")
+    epoch: int | None = None
+    epochs: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = Field(None, description="latest validation accuracy")
+    best_val_accuracy: float | None = None
+    trial: int | str | None = Field(None, description="current trial (searches)")
+    trials_done: int | None = Field(None, description="finished trials (searches)")
+
+
+class Timings(BaseModel):
+    queued_s: float | None = Field(None, description="from submission to start")
+    run_s: float | None = Field(None, description="from start to end (or until now)")
+    phases: dict[str, float] = Field(default_factory=dict, description="start of each phase, seconds after the run started")
+    results: dict[str, float] = Field(default_factory=dict, description="timings_s of results.json")
+
+
+class JobSummary(BaseModel):
+    id: str
+    name: str | None
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None = None
+
+
+class JobPublic(JobSummary):
+    phase: str | None = Field(
+        None, description="starting, loading, local_training, search, aggregation, baselines, done or failed"
+    )
+    cancel_requested: bool = False
+    subdomains: list[SubdomainProgress] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+    progress_updated_at: datetime | None = None
+    config: dict[str, Any]
+
+
+class JobList(BaseModel):
+    items: list[JobSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class PredictionRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: str
+    dnn: str | None = None
+    average: str | None = None
+    vote: str | None = None
+    dnn_confidence: float | None = None
+
+
+class PredictionResponse(BaseModel):
+    job_id: str
+    count: int
+    records: list[PredictionRecord]
+
+
+class ClusterHealth(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(description="running or external (ok), starting, stopped, error, unreachable")
+    total: dict[str, float] = Field(default_factory=dict)
+    available: dict[str, float] = Field(default_factory=dict)
+    nodes: int | None = None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting", "degraded"]
+    database: str
+    ray: ClusterHealth
+    jobs: dict[str, int]
+
+
+class ErrorMessage(BaseModel):
+    detail: Any

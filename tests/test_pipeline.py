@@ -1,0 +1,210 @@
+"""The whole pipeline on the shared local Ray: real actors, real files, real accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddray.config import parse_config
+from ddray.errors import ResourceError
+from ddray.orchestration.driver import run
+from ddray.predict import TrainedRun
+from ddray.run_dir import RunDirError
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def count_config(**overrides):
+    cfg = {
+        "dataset": {"source": "synthetic", "kind": "count", "samples": 480, "size": [16, 16]},
+        "decomposition": {"grid": [2, 2], "overlap": 0},
+        "local_model": {"name": "small_cnn", "width": 0.25},
+        "training": {"epochs": 6, "batch_size": 32, "lr": 0.01},
+        "aggregation": {"dnn": {"hidden": [32], "epochs": 60, "lr": 0.01}},
+        "resources": {"cpus_per_subdomain": 1, "gpus_per_subdomain": 0},
+    }
+    for key, value in overrides.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def digits_run(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits") / "run"
+    config = parse_config(
+        {
+            "dataset": {"source": "digits"},
+            "decomposition": {"grid": [2, 2], "overlap": 2},
+            "local_model": {"name": "small_cnn", "width": 0.5},
+            "training": {"epochs": 8, "batch_size": 64, "lr": 0.003},
+            "aggregation": {"dnn": {"hidden": [64], "epochs": 60}},
+        }
+    )
+    return run(config, out), out
+
+
+def test_digits_results_folder_is_complete(digits_run):
+    results, out = digits_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["aggregation"]["dnn"]["test_accuracy"] >= 0.92
+    assert [e["subdomain"] for e in saved["local"]] == [0, 1, 2, 3]
+    assert all(0.3 < e["test_accuracy"] <= 1 for e in saved["local"])
+    assert set(saved["aggregation"]) == {"dnn", "average", "vote"}
+    for key in ("local_wall", "aggregation_wall", "total_wall"):
+        assert saved["timings_s"][key] > 0
+    assert saved["versions"]["ray"].startswith("2.60")
+    assert saved["config"]["decomposition"]["overlap"] == 2
+    for i in range(4):
+        assert (out / "checkpoints" / "local" / f"sub{i:03d}.pt").stat().st_size > 0
+    assert (out / "checkpoints" / "dnn.pt").exists()
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| dnn | aggregation |" in (out / "results.md").read_text()
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["phase"] == "done"
+    assert {v["status"] for v in progress["subdomains"].values()} == {"done"}
+    assert all(v["epoch"] == 8 for v in progress["subdomains"].values())
+
+
+def test_predict_replays_the_trained_decision(digits_run, tmp_path):
+    """Classifying the test images from a raw npz gives the DNN's reported test accuracy."""
+    from sklearn.datasets import load_digits
+
+    from ddray.config import DatasetConfig
+    from ddray.data import load_dataset
+
+    results, out = digits_run
+    ds = load_dataset(DatasetConfig(source="digits"), seed=0, grid=[2, 2], overlap=2)
+    trained = TrainedRun(out)
+    preds = trained.predict_array(ds.x_test)
+    dnn_acc = float((preds.decisions["dnn"] == ds.y_test).mean())
+    assert dnn_acc == pytest.approx(results["aggregation"]["dnn"]["test_accuracy"], abs=1e-9)
+    assert float((preds.decisions["vote"] == ds.y_test).mean()) == pytest.approx(results["aggregation"]["vote"]["test_accuracy"])
+
+    # the same through the CLI on raw 8x8 digits in an npz file
+    raw = load_digits()
+    x = (raw.images[:20] / 16.0).astype(np.float32)[:, None]
+    np.savez(tmp_path / "new.npz", x=x)
+    proc = subprocess.run([sys.executable, "-m", "ddray", "predict", str(out), str(tmp_path / "new.npz"), "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 20 and rows[0]["input"] == "x[0]"
+    hits = sum(row["dnn"] == str(label) for row, label in zip(rows, raw.target[:20]))
+    assert hits >= 16
+
+
+def test_rerun_into_finished_folder_is_refused_and_keeps_files(digits_run):
+    results, out = digits_run
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(RunDirError, match="already holds a ddray run"):
+        run(parse_config({"dataset": {"source": "digits"}}), out)
+    assert (out / "results.json").read_bytes() == before
+
+
+def test_dnn_beats_average_and_vote_when_label_needs_all_subdomains(ray_cluster, tmp_path):
+    """Label = number of marked cells: each subdomain only knows its own cell.
+
+    Also runs the subdomains on fractional (logical) GPUs: 0.5 GPU each on the
+    test cluster's one fake GPU, falling back to CPU in torch.
+    """
+    config = count_config(resources={"cpus_per_subdomain": 1, "gpus_per_subdomain": 0.5})
+    results = run(config, tmp_path / "count")
+    agg = results["aggregation"]
+    assert agg["dnn"]["test_accuracy"] >= 0.85
+    assert agg["dnn"]["test_accuracy"] >= agg["average"]["test_accuracy"] + 0.2
+    assert agg["dnn"]["test_accuracy"] >= agg["vote"]["test_accuracy"] + 0.2
+
+
+def test_3d_volumes(ray_cluster, tmp_path):
+    config = parse_config(
+        {
+            "dataset": {"source": "synthetic", "kind": "count", "samples": 240, "size": [8, 12, 12]},
+            "decomposition": {"grid": [2, 1, 1], "overlap": 2},
+            "local_model": {"name": "small_cnn", "width": 0.25},
+            "training": {"epochs": 5, "batch_size": 32, "lr": 0.01},
+            "aggregation": {"dnn": {"hidden": [16], "epochs": 40, "lr": 0.01}},
+        }
+    )
+    results = run(config, tmp_path / "vol")
+    assert results["decomposition"]["subdomains"] == 2
+    assert len(results["local"]) == 2
+    bounds = [tuple(map(tuple, e["bounds"])) for e in results["local"]]
+    assert bounds == [((0, 5), (0, 12), (0, 12)), ((3, 8), (0, 12), (0, 12))]
+    assert results["aggregation"]["dnn"]["test_accuracy"] >= 0.7
+    preds = TrainedRun(tmp_path / "vol").predict_array(np.zeros((3, 1, 8, 12, 12), dtype=np.float32))
+    assert len(preds.decisions["dnn"]) == 3
+
+
+def test_unsatisfiable_gpu_request_fails_at_once(ray_cluster, tmp_path):
+    config = count_config(resources={"gpus_per_subdomain": 2})
+    t0 = time.perf_counter()
+    with pytest.raises(ResourceError, match="gpus_per_subdomain=2"):
+        run(config, tmp_path / "gpu")
+    assert time.perf_counter() - t0 < 30
+    progress = json.loads((tmp_path / "gpu" / "progress.json").read_text())
+    assert progress["phase"] == "failed" and "gpus_per_subdomain" in progress["error"]
+
+
+def test_killed_worker_is_restarted_from_its_checkpoint(ray_cluster, tmp_path):
+    """SIGKILL a subdomain's worker mid-training: Ray restarts it, training resumes from the last epoch."""
+    config = count_config(training={"epochs": 12}, resources={"max_retries": 2}, aggregation={"methods": ["average"]})
+    out = tmp_path / "fault"
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("results", run(config, out)))
+    thread.start()
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            subs = json.loads((out / "progress.json").read_text())["subdomains"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        for key, entry in subs.items():
+            if entry.get("status") == "running" and entry.get("epoch", 0) >= 3 and entry.get("pid"):
+                victim = (int(key), entry["pid"])
+                break
+    assert victim is not None, "no subdomain reached epoch 3"
+    os.kill(victim[1], signal.SIGKILL)
+    thread.join(timeout=300)
+    results = outcome["results"]
+    assert len(results["local"]) == 4
+    resumed = results["local"][victim[0]]
+    assert resumed["resumed_from_epoch"] >= 3
+    assert resumed["epochs_run"] == 12
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "DDRAY_PLAIN_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "-m", "ddray", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+
+
+def test_cli_bad_config_names_the_field(tmp_path):
+    (tmp_path / "bad.yaml").write_text("training: {optimizer: adagrad}\ndecomposition: {grid: [2, 2]}\n")
+    proc = _cli("run", "bad.yaml", "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "training.optimizer" in proc.stderr and "'adam'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_data_file_names_the_file_before_any_worker(tmp_path):
+    x = np.random.default_rng(0).normal(size=(50, 1, 16, 16)).astype(np.float32)
+    x[3, 0, 2, 2] = np.nan
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(50) % 2)
+    (tmp_path / "cfg.yaml").write_text("dataset: {source: npz, path: data.npz}\n")
+    t0 = time.perf_counter()
+    proc = _cli("run", "cfg.yaml", "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "data.npz" in proc.stderr and "NaN" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert time.perf_counter() - t0 < 60

@@ -1,0 +1,126 @@
+"""The Ray-free core of training: the loop, resume from checkpoints, and aggregation maths."""
+
+import numpy as np
+import pytest
+import torch
+
+from ddray.aggregation import accuracy, average_predict, stack_probabilities, train_dnn, vote_predict
+from ddray.decomposition import decompose
+from ddray.training.local import LocalSettings, train_subdomain
+from ddray.training.loop import OptimizerSettings, fit, make_optimizer
+
+
+def test_average_and_vote_maths():
+    # 3 subdomains, 3 classes, 2 samples
+    probs = np.array(
+        [
+            [[0.6, 0.4, 0.0], [0.6, 0.4, 0.0], [0.0, 0.1, 0.9]],  # votes: 0,0,2 -> 0; mean: [.4,.3,.3] -> 0
+            [[0.45, 0.55, 0.0], [0.45, 0.55, 0.0], [1.0, 0.0, 0.0]],  # votes 1,1,0 -> 1; mean [.63,.37,0] -> 0
+        ],
+        dtype=np.float32,
+    )
+    assert average_predict(probs).tolist() == [0, 0]
+    assert vote_predict(probs).tolist() == [0, 1]
+    assert accuracy(np.array([0, 1]), np.array([0, 0])) == 0.5
+
+
+def test_vote_tie_goes_to_higher_mean_probability():
+    probs = np.array([[[0.9, 0.1], [0.4, 0.6]]], dtype=np.float32)  # one vote each; class 0 mean .65
+    assert vote_predict(probs).tolist() == [0]
+    probs = np.array([[[0.55, 0.45], [0.0, 1.0]]], dtype=np.float32)
+    assert vote_predict(probs).tolist() == [1]
+
+
+def test_stack_probabilities_shape():
+    stacked = stack_probabilities([np.zeros((5, 3)), np.ones((5, 3))])
+    assert stacked.shape == (5, 2, 3) and stacked.dtype == np.float32
+    assert (stacked[:, 1] == 1).all()
+
+
+def _count_probs(n, n_sub, rng):
+    """Local 'probabilities' that each reveal only their own bit; the label is the count of bits."""
+    bits = rng.integers(0, 2, size=(n, n_sub))
+    k = n_sub + 1
+    probs = np.full((n, n_sub, k), 0.1, dtype=np.float32)
+    probs[..., 0] += (1 - bits) * 0.5
+    probs[..., -1] += bits * 0.5
+    probs /= probs.sum(-1, keepdims=True)
+    return probs, bits.sum(1)
+
+
+def test_dnn_learns_what_average_and_vote_cannot():
+    rng = np.random.default_rng(0)
+    probs, labels = {}, {}
+    for split, n in (("train", 600), ("val", 150), ("test", 300)):
+        probs[split], labels[split] = _count_probs(n, 4, rng)
+    outcome = train_dnn(probs, labels, hidden=[32], epochs=60, lr=0.01, batch_size=64, seed=0)
+    assert outcome.test_accuracy > 0.95
+    assert accuracy(average_predict(probs["test"]), labels["test"]) < 0.6
+    assert accuracy(vote_predict(probs["test"]), labels["test"]) < 0.6
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_by_name(name):
+    opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), OptimizerSettings(name, 0.1))
+    assert opt.defaults["lr"] == 0.1
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="known: adam, adamw, sgd"):
+        make_optimizer(torch.nn.Linear(2, 2).parameters(), OptimizerSettings("rmsprop"))
+
+
+def _toy(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(130, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return x[:100], y[:100], x[100:], y[100:]
+
+
+def _net():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+def test_fit_resumes_from_checkpoint_exactly(tmp_path):
+    xt, yt, xv, yv = _toy()
+    opt = OptimizerSettings("adam", 0.01)
+    straight = _net()
+    fit(straight, xt, yt, xv, yv, epochs=6, batch_size=16, optimizer=opt, seed=3, keep_best=False)
+
+    ckpt = tmp_path / "state.ckpt"
+    first = _net()
+    fit(first, xt, yt, xv, yv, epochs=3, batch_size=16, optimizer=opt, seed=3, checkpoint_path=ckpt, keep_best=False)
+    resumed = _net()  # a fresh process would start from scratch weights; the checkpoint restores them
+    result = fit(resumed, xt, yt, xv, yv, epochs=6, batch_size=16, optimizer=opt, seed=3, checkpoint_path=ckpt, keep_best=False)
+    assert result.resumed_from_epoch == 3
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_fit_keeps_best_validation_epoch():
+    xt, yt, xv, yv = _toy()
+    net = _net()
+    result = fit(net, xt, yt, xv, yv, epochs=8, batch_size=16, optimizer=OptimizerSettings("adam", 0.05), seed=0)
+    best = max(h["val_accuracy"] for h in result.history)
+    assert result.best_val_accuracy == best
+    assert result.history[result.best_epoch - 1]["val_accuracy"] == best
+
+
+def test_train_subdomain_sees_only_its_pixels(tmp_path):
+    """A local CNN is trained and evaluated on its own subimage; its model file reloads."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 1, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 2, 40)
+    arrays = {f"{a}_{s}": v for s in ("train", "val", "test") for a, v in (("x", x), ("y", y))}
+    sub = decompose((12, 12), (2, 2), 2)[1]
+    settings = LocalSettings(model="small_cnn", width=0.25, epochs=2, batch_size=16, lr=0.01, num_classes=2)
+    result = train_subdomain(sub, arrays, settings, model_path=tmp_path / "m.pt")
+    assert result.probabilities["test"].shape == (40, 2)
+    assert np.allclose(result.probabilities["val"].sum(1), 1, atol=1e-5)
+    from ddray.training.local import fingerprint
+
+    assert result.data_fingerprint == fingerprint(torch.from_numpy(np.ascontiguousarray(sub.extract(x))))
+    saved = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert saved["subdomain"]["bounds"] == sub.bounds
