@@ -114,6 +114,8 @@ class JobRunner:
         await asyncio.to_thread(self.recover)
         if self.settings.max_concurrent_jobs > 0 or not self.cluster.local:
             self._cluster_task = asyncio.ensure_future(asyncio.to_thread(self.cluster.start))
+        else:
+            self.cluster.status = "paused"  # max_concurrent_jobs=0: jobs are only recorded, no Ray needed
         self._task = asyncio.create_task(self._run_loop(), name="ddray-job-runner")
 
     async def stop(self) -> None:

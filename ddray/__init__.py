@@ -1,7 +1,42 @@
 """ddray: domain-decomposition CNN-DNN training of image classifiers on Ray.
 
 The pure-PyTorch core (config, decomposition, data, models, training,
-aggregation, report) imports no Ray; only ``ddray.orchestration`` does.
+aggregation, report, predict) imports no Ray; only ``ddray.orchestration``
+does, and it is imported only when a job runs.
+
+    import ddray
+    config = ddray.load_config("examples/digits.yaml")
+    results = ddray.run(config, "runs/digits")
+    preds = ddray.TrainedRun("runs/digits").predict_path("new_images/")
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ddray.config import ConfigError, RunConfig, load_config, parse_config
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from ddray.predict import TrainedRun
+
+
+def run(config: RunConfig | dict, output_dir: str, **kwargs: Any) -> dict[str, Any]:
+    """Run a job (see ``ddray.orchestration.driver.run`` for the keyword arguments)."""
+    from ddray.orchestration.driver import run as _run
+
+    if isinstance(config, dict):
+        config = parse_config(config)
+    return _run(config, output_dir, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrainedRun":
+        from ddray.predict import TrainedRun
+
+        return TrainedRun
+    raise AttributeError(name)
+
+
+__all__ = ["ConfigError", "RunConfig", "TrainedRun", "load_config", "parse_config", "run"]

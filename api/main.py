@@ -1,0 +1,138 @@
+"""The FastAPI application factory (no app is built at import time)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import ddray
+from api.deps import get_runner
+from api.files import JsonFileCache
+from api.predict import ModelCache
+from api.routes import health, jobs
+from api.runner import JobRunner, Runner
+from api.settings import ServiceSettings
+from api.store import JobStore
+
+log = logging.getLogger("ddray.api")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """413 for request bodies over the limit: ``max_upload_bytes`` on /predict, ``max_body_bytes`` elsewhere.
+
+    Checks Content-Length up front and counts streamed bytes, so chunked
+    bodies are cut off too; nothing past the limit is read.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, max_upload: int):
+        self.app = app
+        self.max_body = max_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_upload + 64 * 1024 if scope["path"].endswith("/predict") else self.max_body
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send, limit)
+                    return
+        received = 0
+        exceeded = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise BodyTooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the app's own error reply is replaced by the 413
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if exceeded and not started:
+            await self._reject(send, limit)
+
+    @staticmethod
+    async def _reject(send: Send, limit: int) -> None:
+        body = b'{"detail":"request body too large (limit %d bytes)"}' % limit
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _runner_of(app: FastAPI) -> Runner:
+    """The runner the routes will see: a ``dependency_overrides[get_runner]`` (zero-argument) wins."""
+    override = app.dependency_overrides.get(get_runner)
+    return override() if override is not None else app.state.runner
+
+
+def create_app(settings: ServiceSettings, runner: Runner | None = None, store: JobStore | None = None) -> FastAPI:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = store or JobStore(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        active = _runner_of(app)
+        await active.start()
+        try:
+            yield
+        finally:
+            await active.stop()
+            store.close()
+
+    app = FastAPI(
+        title="ddray job service",
+        version=ddray.__version__,
+        description=(
+            "Submit ddray domain-decomposition jobs, watch their progress, cancel them, fetch results and "
+            "classify new images with a finished job. Every endpoint but /healthz needs "
+            "`Authorization: Bearer <DDRAY_API_TOKEN>`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.runner = runner if runner is not None else JobRunner(settings, store)
+    app.state.json_cache = JsonFileCache()
+    app.state.models = ModelCache()
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.add_middleware(BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
+    return app
+
+
+def describe(settings: ServiceSettings) -> dict[str, Any]:
+    """Settings safe to log (no token)."""
+    return {
+        "state_dir": str(settings.state_dir),
+        "database": settings.db_url.split("@")[-1],
+        "data_roots": [str(r) for r in settings.data_roots],
+        "ray_address": settings.ray_address or "local head",
+        "max_concurrent_jobs": settings.max_concurrent_jobs,
+    }

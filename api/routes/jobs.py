@@ -1,0 +1,191 @@
+"""/jobs: submit, list, inspect, cancel, results, artifacts, logs, predict."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, HTTPException, Path as PathParam, Query, Request, Response, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+
+from api import files
+from api.deps import RunnerDep, SettingsDep, StoreDep, require_token
+from api.predict import UploadError, predict_files, safe_name
+from api.schemas import ErrorMessage, JobCreate, JobCreated, JobList, JobPublic, JobStatus, PredictionResponse
+from api.security import PathNotAllowed, confine_config_paths
+from api.store import JobRecord, JobStore
+
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_token)],
+    responses={401: {"model": ErrorMessage, "description": "missing or wrong bearer token"}},
+)
+
+JobId = Annotated[str, PathParam(min_length=1, max_length=64, description="the job's id, as returned by POST /jobs")]
+NOT_FOUND = {404: {"model": ErrorMessage, "description": "no job with this id"}}
+CONFLICT = {409: {"model": ErrorMessage, "description": "the job is not in a state that allows this"}}
+
+
+def _job(store: JobStore, job_id: str) -> JobRecord:
+    record = store.get(job_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
+    return record
+
+
+def _succeeded(record: JobRecord, what: str) -> None:
+    if record.status != "succeeded":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"job {record.id} is {record.status}: {what} exist only once it succeeded",
+        )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobCreated,
+    responses={422: {"description": "invalid config (the detail names the field) or a data path outside the data roots"}},
+)
+def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, runner: RunnerDep, response: Response) -> JobCreated:
+    """Queue a job. It is recorded in the database before this returns; it runs when a slot is free."""
+    config = body.config.model_dump(mode="json")
+    try:
+        config = confine_config_paths(config, settings.data_roots, settings.max_path_entries)
+    except PathNotAllowed as err:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["body", "config", *err.field.split(".")], "msg": err.message, "type": "path_not_allowed"}],
+        ) from None
+    if config["dataset"].get("path") and not Path(config["dataset"]["path"]).exists():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["body", "config", "dataset", "path"], "msg": "no such file or folder under the data roots", "type": "path_not_found"}],
+        )
+    record = store.create(config, name=body.name)
+    runner.wake()
+    response.headers["Location"] = f"/jobs/{record.id}"
+    return JobCreated(id=record.id, status=record.status)  # type: ignore[arg-type]
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    store: StoreDep,
+    status_: Annotated[JobStatus | None, Query(alias="status", description="only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> JobList:
+    """Jobs, newest first."""
+    records, total = store.list(status=status_, limit=limit, offset=offset)
+    return JobList(items=[files.summary(r) for r in records], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+def get_job(job_id: JobId, store: StoreDep, request: Request) -> JobPublic:
+    """Status, phase, per-subdomain progress, timings and, on failure, the error."""
+    return files.public(_job(store, job_id), request.app.state.json_cache)
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, responses={**NOT_FOUND, **CONFLICT})
+def cancel_job(job_id: JobId, store: StoreDep, runner: RunnerDep) -> JobCreated:
+    """Cancel a queued job at once, or stop a running one (its Ray work ends and frees its resources)."""
+    record = _job(store, job_id)
+    if record.status in ("succeeded", "failed", "cancelled"):
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} already {record.status}")
+    after = store.request_cancel(job_id)
+    runner.wake()
+    return JobCreated(id=job_id, status=after or record.status)  # type: ignore[arg-type]
+
+
+@router.get("/{job_id}/results", responses={200: {"content": {"application/json": {}}, "description": "the run's results.json"}, **NOT_FOUND, **CONFLICT})
+def get_results(job_id: JobId, store: StoreDep, request: Request) -> JSONResponse:
+    """The run's ``results.json``."""
+    record = _job(store, job_id)
+    _succeeded(record, "results")
+    rd = files.run_dir(record)
+    results = request.app.state.json_cache.read(rd / "results.json") if rd else None
+    if results is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no results.json")
+    return JSONResponse(results)
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    responses={200: {"content": {t: {} for t in files.ARTIFACTS.values()}, "description": "the file"}, **NOT_FOUND},
+)
+def get_artifact(
+    job_id: JobId,
+    name: Annotated[str, PathParam(max_length=64, description=f"one of {', '.join(files.ARTIFACTS)}")],
+    store: StoreDep,
+) -> FileResponse:
+    """A file of the run: the accuracy plot, the result tables, its config or progress snapshot."""
+    record = _job(store, job_id)
+    if name not in files.ARTIFACTS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no artifact {name!r}; available: {', '.join(files.ARTIFACTS)}")
+    rd = files.run_dir(record)
+    path = rd / name if rd else None
+    if path is None or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no {name} (yet)")
+    return FileResponse(path, media_type=files.ARTIFACTS[name], filename=name)
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=NOT_FOUND)
+def get_logs(
+    job_id: JobId,
+    store: StoreDep,
+    lines: Annotated[int | None, Query(ge=1, le=100_000, description="only the last N lines")] = None,
+) -> PlainTextResponse:
+    """The driver's log (one line per epoch); at most the last MiB."""
+    record = _job(store, job_id)
+    text = files.log_tail(Path(record.job_dir) / "log.txt", lines) if record.job_dir else ""
+    return PlainTextResponse(text)
+
+
+@router.post("/{job_id}/predict", response_model=PredictionResponse, responses={**NOT_FOUND, **CONFLICT, 413: {"description": "upload too large"}})
+async def predict(
+    job_id: JobId,
+    files_: Annotated[list[UploadFile], File(alias="files", description="npz archives (array 'x') and/or image files")],
+    store: StoreDep,
+    settings: SettingsDep,
+    request: Request,
+) -> PredictionResponse:
+    """Classify uploaded inputs with a finished job's local CNNs and DNN."""
+    record = await run_in_threadpool(_job, store, job_id)
+    _succeeded(record, "predictions")
+    from ddray.errors import USER_ERRORS
+
+    folder = Path(tempfile.mkdtemp(prefix="ddray-predict-"))
+    try:
+        names = await _save_uploads(files_, folder, settings.max_upload_bytes)
+        model = await run_in_threadpool(request.app.state.models.get, record.id, files.run_dir(record))
+        records = await run_in_threadpool(predict_files, model, folder, names)
+    except (UploadError, *USER_ERRORS) as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(err)) from None
+    except (ValueError, OSError) as err:  # unreadable data in an upload
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"cannot read the upload: {err}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return PredictionResponse(job_id=record.id, count=len(records), records=records)
+
+
+async def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> list[str]:
+    if not uploads:
+        raise UploadError("no file uploaded; send one or more files in the 'files' form field")
+    names: list[str] = []
+    total = 0
+    for i, upload in enumerate(uploads):
+        name = safe_name(upload.filename, i)
+        while name in names:
+            name = f"{i}_{name}"
+        with open(folder / name, "wb") as out:
+            while chunk := await upload.read(1024 * 1024):
+                total += len(chunk)
+                if total > limit:
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"uploads exceed {limit} bytes")
+                out.write(chunk)
+        names.append(name)
+    return names

@@ -1,0 +1,22 @@
+"""Every shipped example config validates, and the demo preset equals its file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ddray.config import load_config
+from ddray.presets import DEMO, demo_config
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_validates(path):
+    load_config(path)
+
+
+def test_demo_preset_matches_examples_file():
+    path = Path(__file__).resolve().parents[1] / "examples" / "digits.yaml"
+    assert load_config(path) == demo_config()
+    assert yaml.safe_load(path.read_text()) == DEMO
