@@ -41,7 +41,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_upload + 64 * 1024 if scope["path"].endswith("/predict") else self.max_body
+        limit = self.max_upload + 16 * 1024 if scope["path"].endswith("/predict") else self.max_body
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

@@ -141,6 +141,14 @@ class ResourcesConfig(_Section):
         return gpus
 
 
+class BaselinesConfig(_Section):
+    """Training of the comparison models named in ``compare``; unset fields follow ``training``."""
+
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    batch_size: int | None = Field(None, ge=1, description="global batch, split over resources.num_workers")
+
+
 class SearchSpaceEntry(_Section):
     """One hyperparameter's sampler; exactly one of the keys is set."""
 
@@ -208,6 +216,7 @@ class RunConfig(_Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tune: TuneConfig | None = None
     compare: list[Literal["global", "coherent", "transfer"]] = Field(default_factory=list)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     storage: str | None = Field(None, description="shared folder or URI for checkpoints on multi-node clusters")
     seed: int = 0
 

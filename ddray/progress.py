@@ -63,7 +63,7 @@ class ProgressTracker:
             entry["best_val_accuracy"] = acc
         self.state["updated"] = time.time()
         self._render(key, entry, event)
-        self._write(force=event.get("status") in ("done", "failed", "restored"))
+        self._write(force=event.get("status") in ("done", "failed", "restored", "retrying"))
 
     def _render(self, key: str, entry: dict, event: dict) -> None:
         epoch, epochs = entry.get("epoch", 0), entry.get("epochs", 0)
@@ -74,8 +74,10 @@ class ProgressTracker:
             if key not in self._tasks:
                 self._tasks[key] = self._bars.add_task(f"subdomain {key}", total=epochs or None, detail="")
             self._bars.update(self._tasks[key], completed=epoch, total=epochs or None, detail=detail + trial)
-        elif "epoch" in event or event.get("status") in ("done", "failed", "restored"):
+        elif "epoch" in event or event.get("status") in ("done", "failed", "restored", "retrying"):
             status = event.get("status", "")
+            if status == "retrying":
+                status = f"worker lost, retry {event.get('attempt')} from the last checkpoint ({event.get('cause', '')})"
             self.console.print(f"  subdomain {key}{trial}: epoch {epoch}/{epochs} {detail} {status}".rstrip(), highlight=False)
 
     def _start_bars(self) -> None:

@@ -58,52 +58,120 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _num(value: Any) -> float | None:
+    """A finite float, or None (missing, NaN)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value else None
+
+
 def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model: each local CNN, each aggregation, each baseline."""
-    rows = []
+    """One row per model: each local CNN, each aggregation, each baseline.
+
+    ``parameters`` / ``train_wall_s`` are the model's own; ``total_parameters``
+    and ``time_to_model_s`` count everything the decision needs (the DNN needs
+    every local CNN, transfer learning needs the trained CNNs and DNN first),
+    and ``speedup_vs_global`` is the global model's training time over
+    ``time_to_model_s``. Local CNNs train in parallel, so the decomposed
+    models' times start from the local phase's wall time, not the sum.
+    """
+    timings = results.get("timings_s", {})
+    local_wall = _num(timings.get("local_wall"))
+    local_params = sum(int(e.get("parameters") or 0) for e in results.get("local", []))
+    aggregation = results.get("aggregation", {})
+    baselines = results.get("baselines", {})
+    dnn_wall = _num(aggregation.get("dnn", {}).get("train_wall_s")) or 0.0
+    dnn_params = int(aggregation.get("dnn", {}).get("parameters") or 0)
+    global_wall = _num(baselines.get("global", {}).get("train_wall_s"))
+
+    def add(rows: list, model: str, kind: str, info: dict, total_params: int | None, time_to_model: float | None) -> None:
+        speedup = None
+        if global_wall is not None and time_to_model:
+            speedup = round(global_wall / time_to_model, 3)
+        rows.append(
+            {
+                "model": model,
+                "kind": kind,
+                "test_accuracy": info["test_accuracy"],
+                "parameters": info.get("parameters"),
+                "total_parameters": total_params,
+                "train_wall_s": info.get("train_wall_s", info.get("train_seconds")),
+                "time_to_model_s": None if time_to_model is None else round(time_to_model, 3),
+                "speedup_vs_global": speedup,
+            }
+        )
+
+    rows: list[dict[str, Any]] = []
     for entry in results.get("local", []):
-        rows.append(
-            {
-                "model": f"local {entry['subdomain']}",
-                "kind": "local",
-                "test_accuracy": entry["test_accuracy"],
-                "parameters": entry.get("parameters"),
-                "train_wall_s": entry.get("train_seconds"),
-            }
-        )
-    for method, info in results.get("aggregation", {}).items():
-        rows.append(
-            {
-                "model": method,
-                "kind": "aggregation",
-                "test_accuracy": info["test_accuracy"],
-                "parameters": info.get("parameters"),
-                "train_wall_s": info.get("train_wall_s"),
-            }
-        )
-    for name, info in results.get("baselines", {}).items():
-        rows.append(
-            {
-                "model": name,
-                "kind": "baseline",
-                "test_accuracy": info["test_accuracy"],
-                "parameters": info.get("parameters"),
-                "train_wall_s": info.get("train_wall_s"),
-            }
-        )
+        add(rows, f"local {entry['subdomain']}", "local", entry, entry.get("parameters"), _num(entry.get("train_seconds")))
+    for method, info in aggregation.items():
+        if method == "dnn":
+            ttm = None if local_wall is None else local_wall + dnn_wall
+            add(rows, method, "aggregation", info, local_params + dnn_params, ttm)
+        else:
+            add(rows, method, "aggregation", info, local_params, local_wall)
+    for name, info in baselines.items():
+        own = _num(info.get("train_wall_s"))
+        if name == "transfer":
+            ttm = None if local_wall is None or own is None else local_wall + dnn_wall + own
+        else:
+            ttm = own
+        add(rows, name, "baseline", info, info.get("parameters"), ttm)
     return rows
+
+
+def comparison_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Speed-up of the decomposed pipeline (local phase + aggregation) over the global model's training."""
+    timings = results.get("timings_s", {})
+    decomposed = (_num(timings.get("local_wall")) or 0.0) + (_num(timings.get("aggregation_wall")) or 0.0)
+    global_info = results.get("baselines", {}).get("global", {})
+    global_wall = _num(global_info.get("train_wall_s"))
+    out: dict[str, Any] = {
+        "decomposed_wall_s": round(decomposed, 3),
+        "global_train_wall_s": global_wall,
+        "global_job_wall_s": _num(global_info.get("job_wall_s")),
+        "speedup": round(global_wall / decomposed, 3) if global_wall and decomposed else None,
+        "definition": "speedup = global train_wall_s (inside its Ray Train loop, start-up excluded) / "
+        "(local phase wall + aggregation wall of the decomposed pipeline)",
+    }
+    if results.get("tune"):
+        out["note"] = "the local phase includes the whole Tune search"
+    return out
+
+
+def _fmt(value: Any, spec: str) -> str:
+    value = _num(value)
+    return "" if value is None else format(value, spec)
 
 
 def write_tables(results: dict[str, Any], out_dir: Path) -> None:
     import pandas as pd
 
-    frame = pd.DataFrame(comparison_rows(results))
+    rows = comparison_rows(results)
+    frame = pd.DataFrame(rows)
     frame.to_csv(out_dir / TABLE_CSV, index=False)
-    lines = ["| model | kind | test accuracy | parameters | train wall (s) |", "|---|---|---|---|---|"]
-    for row in frame.to_dict("records"):
-        params = "" if row.get("parameters") is None or row["parameters"] != row["parameters"] else f"{int(row['parameters']):,}"
-        wall = "" if row.get("train_wall_s") is None or row["train_wall_s"] != row["train_wall_s"] else f"{row['train_wall_s']:.1f}"
-        lines.append(f"| {row['model']} | {row['kind']} | {row['test_accuracy']:.4f} | {params} | {wall} |")
+    lines = [
+        "| model | kind | test accuracy | parameters | total parameters | train wall (s) | time to model (s) | speedup vs global |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        params = "" if _num(row.get("parameters")) is None else f"{int(row['parameters']):,}"
+        total = "" if _num(row.get("total_parameters")) is None else f"{int(row['total_parameters']):,}"
+        speedup = _fmt(row.get("speedup_vs_global"), ".2f")
+        lines.append(
+            f"| {row['model']} | {row['kind']} | {row['test_accuracy']:.4f} | {params} | {total} | "
+            f"{_fmt(row.get('train_wall_s'), '.1f')} | {_fmt(row.get('time_to_model_s'), '.1f')} | {speedup + 'x' if speedup else ''} |"
+        )
+    comparison = results.get("comparison") or (comparison_summary(results) if results.get("baselines") else None)
+    if comparison and comparison.get("speedup"):
+        lines += [
+            "",
+            f"Decomposed pipeline: {comparison['decomposed_wall_s']:.1f} s (local phase + aggregation); "
+            f"global model: {comparison['global_train_wall_s']:.1f} s of training; "
+            f"speedup {comparison['speedup']:.2f}x.",
+        ]
     timings = results.get("timings_s", {})
     if timings:
         lines += ["", "| timing | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
@@ -112,29 +180,36 @@ def write_tables(results: dict[str, Any], out_dir: Path) -> None:
 
 def print_table(results: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
+    rows = comparison_rows(results)
+    with_speedup = any(r.get("speedup_vs_global") for r in rows)
     table = Table(title="ddray results (test accuracy)")
-    for col in ("model", "kind", "test accuracy", "parameters", "train wall (s)"):
-        table.add_column(col, justify="right" if col != "model" and col != "kind" else "left")
-    for row in comparison_rows(results):
-        params = row.get("parameters")
-        wall = row.get("train_wall_s")
-        style = "bold green" if row["kind"] != "local" else None
-        table.add_row(
+    columns = ["model", "kind", "test accuracy", "parameters", "train wall (s)"] + (["speedup vs global"] if with_speedup else [])
+    for col in columns:
+        table.add_column(col, justify="right" if col not in ("model", "kind") else "left")
+    for row in rows:
+        params = _num(row.get("parameters"))
+        cells = [
             row["model"],
             row["kind"],
             f"{row['test_accuracy']:.4f}",
-            f"{params:,}" if params else "",
-            f"{wall:.1f}" if wall is not None else "",
-            style=style,
-        )
+            f"{int(params):,}" if params else "",
+            _fmt(row.get("train_wall_s"), ".1f"),
+        ]
+        if with_speedup:
+            speedup = _fmt(row.get("speedup_vs_global"), ".2f")
+            cells.append(speedup + "x" if speedup else "")
+        table.add_row(*cells, style="bold green" if row["kind"] != "local" else None)
     console.print(table)
+    comparison = results.get("comparison") or {}
+    if comparison.get("speedup"):
+        console.print(f"decomposed pipeline vs global model: {comparison['speedup']:.2f}x faster training")
     timings = results.get("timings_s", {})
     if timings:
         console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
 
 
 def plot_accuracy(results: dict[str, Any], path: Path) -> None:
-    """Bar chart: every local CNN, then the aggregations and baselines, on one accuracy axis."""
+    """Bar charts: test accuracy of every model and, when known, its time to model (with speed-up vs global)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,8 +217,12 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
 
     rows = comparison_rows(results)
     colors = {"local": "#9bb7d4", "aggregation": "#2a6f97", "baseline": "#e07a5f"}
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.0))
     names = [r["model"] for r in rows]
+    timed = [r for r in rows if r.get("time_to_model_s")]
+    panels = 2 if timed else 1
+    width = max(6.0, 0.6 * len(rows) + 2)
+    fig, axes = plt.subplots(1, panels, figsize=(width * panels, 4.2), squeeze=False)
+    ax = axes[0][0]
     values = [r["test_accuracy"] for r in rows]
     bars = ax.bar(names, values, color=[colors[r["kind"]] for r in rows])
     for bar, value in zip(bars, values):
@@ -151,11 +230,29 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test accuracy")
     grid = results.get("config", {}).get("decomposition", {}).get("grid")
-    ax.set_title(f"local CNNs vs aggregated decision (grid {grid})")
+    ax.set_title(f"local CNNs vs aggregated decision vs baselines (grid {grid})")
     ax.tick_params(axis="x", rotation=45)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in colors.items() if any(r["kind"] == k for r in rows)]
     labels = [k for k in colors if any(r["kind"] == k for r in rows)]
     ax.legend(handles, labels, loc="lower right")
+    if timed:
+        ax = axes[0][1]
+        t_names = [r["model"] for r in timed]
+        t_values = [r["time_to_model_s"] for r in timed]
+        bars = ax.bar(t_names, t_values, color=[colors[r["kind"]] for r in timed])
+        for bar, row in zip(bars, timed):
+            label = f"{row['time_to_model_s']:.1f}s"
+            if row.get("speedup_vs_global"):
+                label += f"\n{row['speedup_vs_global']:.2f}x"
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=7)
+        ax.set_ylabel("time to model (s, training only)")
+        comparison = results.get("comparison") or {}
+        title = "training wall time"
+        if comparison.get("speedup"):
+            title += f" - decomposed pipeline {comparison['speedup']:.2f}x faster than global"
+        ax.set_title(title)
+        ax.set_ylim(0, max(t_values) * 1.25)
+        ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from ddray.config import RunConfig, load_config
+from ddray.storage import is_uri, join
 
 
 class RunDirError(RuntimeError):
@@ -34,7 +35,7 @@ class RunDirError(RuntimeError):
 @dataclass(frozen=True)
 class RunDir:
     root: Path
-    storage: Path | None = None
+    storage: str | None = None  # folder or URI every node reaches (multi-node); None = inside root
 
     @property
     def config(self) -> Path:
@@ -69,8 +70,8 @@ class RunDir:
         return self.root / "local"
 
     @property
-    def state(self) -> Path:
-        return (self.storage / "state") if self.storage else self.root / "state"
+    def state(self) -> str:
+        return join(self.storage, "state") if self.storage else str(self.root / "state")
 
     def local_model(self, index: int) -> Path:
         return self.local_models / f"sub{index:03d}.pt"
@@ -78,12 +79,14 @@ class RunDir:
     def local_result(self, index: int) -> Path:
         return self.local_results / f"sub{index:03d}.npz"
 
-    def state_file(self, index: int) -> Path:
-        return self.state / f"sub{index:03d}.ckpt"
+    def state_file(self, index: int) -> str:
+        return join(self.state, f"sub{index:03d}.ckpt")
 
     def create(self) -> None:
-        for folder in (self.root, self.local_models, self.local_results, self.state):
+        for folder in (self.root, self.local_models, self.local_results):
             folder.mkdir(parents=True, exist_ok=True)
+        if not is_uri(self.state):
+            Path(self.state).mkdir(parents=True, exist_ok=True)
 
     def write_config(self, config: RunConfig) -> None:
         self.config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

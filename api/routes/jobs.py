@@ -156,12 +156,15 @@ async def predict(
     """Classify uploaded inputs with a finished job's local CNNs and DNN."""
     record = await run_in_threadpool(_job, store, job_id)
     _succeeded(record, "predictions")
+    rd = files.run_dir(record)
+    if rd is None or not rd.is_dir():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no run folder with a trained model")
     from ddray.errors import USER_ERRORS
 
     folder = Path(tempfile.mkdtemp(prefix="ddray-predict-"))
     try:
         names = await _save_uploads(files_, folder, settings.max_upload_bytes)
-        model = await run_in_threadpool(request.app.state.models.get, record.id, files.run_dir(record))
+        model = await run_in_threadpool(request.app.state.models.get, record.id, rd)
         records = await run_in_threadpool(predict_files, model, folder, names)
     except (UploadError, *USER_ERRORS) as err:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(err)) from None

@@ -27,12 +27,13 @@ from ddray.orchestration.coarse import run_coarse_step
 from ddray.orchestration.local_phase import LocalTask, run_local_phase
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError, load_local_result, save_local_result
+from ddray.storage import join
 from ddray.training.local import LocalResult, LocalSettings
 
 
 def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool) -> RunDir:
     """Refuse to overwrite a finished or partial run unless resuming it with the same config."""
-    storage = Path(config.storage) / Path(output_dir).name if config.storage else None
+    storage = join(config.storage, Path(output_dir).resolve().name) if config.storage else None
     run_dir = RunDir(Path(output_dir), storage=storage)
     if resume:
         saved = run_dir.read_config()
@@ -101,6 +102,10 @@ def run(
 def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains: list[Subdomain], tracker: ProgressTracker, started: float) -> dict[str, Any]:
     res = config.resources
     slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
+    if config.compare:
+        from ddray.orchestration.train_jobs import check_baselines_feasible
+
+        check_baselines_feasible(config)  # before any training, not after the local phase
     settings = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
 
     finished: dict[int, tuple[dict[str, np.ndarray], dict]] = {}
@@ -117,11 +122,13 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
 
     def keep(result: LocalResult, where: dict) -> None:
         summary = {**result.summary(), "node_id": where.get("node_id"), "bounds": subdomains[result.subdomain].bounds}
+        if "trial_id" in where:  # chosen by the Tune search
+            summary.update(trial_id=where["trial_id"], tune_config=where.get("tune_config"))
         save_local_result(run_dir.local_result(result.subdomain), result.probabilities, summary)
         finished[result.subdomain] = (result.probabilities, summary)
 
     tasks = [
-        LocalTask(sub, settings, str(run_dir.state_file(sub.index)), str(run_dir.local_model(sub.index)))
+        LocalTask(sub, settings, run_dir.state_file(sub.index), str(run_dir.local_model(sub.index)))
         for sub in todo
     ]
     extra: dict[str, Any] = {}
@@ -156,7 +163,7 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
 
         tracker.phase("baselines", models=config.compare)
         baselines_started = time.perf_counter()
-        extra["baselines"] = run_baselines(config, run_dir, dataset, subdomains)
+        extra["baselines"] = run_baselines(config, run_dir, dataset, subdomains, data_ref=data_ref)
         timings["baselines_wall"] = round(time.perf_counter() - baselines_started, 3)
     timings["total_wall"] = round(time.perf_counter() - started, 3)
 
@@ -170,6 +177,7 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
         "config": config.model_dump(mode="json"),
         "versions": report.library_versions(),
     }
+    results["comparison"] = report.comparison_summary(results)
     report.write_json(run_dir.results, results)
     report.write_tables(results, run_dir.root)
     report.plot_accuracy(results, run_dir.root / report.PLOT_FILE)

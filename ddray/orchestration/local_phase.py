@@ -8,9 +8,12 @@ Design:
   per subdomain). Each actor is started once (one ``import torch``) and takes
   the next subdomain as soon as it is free; it is killed when no work is left,
   so its resources go back to the cluster at once.
-- An actor that dies is restarted by Ray (``max_restarts``) and its task is
-  retried (``max_task_retries``); the retried task resumes from the
-  per-epoch checkpoint, so no finished epoch is trained twice.
+- A worker that dies (node lost, out of memory, killed) is replaced by a new
+  actor and its subdomain is submitted again, up to ``max_retries`` times per
+  subdomain; the new attempt resumes from the per-epoch checkpoint, so no
+  finished epoch is trained twice. The driver counts the retries itself:
+  Ray's own ``max_task_retries`` spends retries while a restarting actor is
+  merely unreachable, and ran out within a second of a lost node.
 """
 
 from __future__ import annotations
@@ -21,10 +24,20 @@ from typing import Any, Callable, Mapping
 
 import ray
 from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ddray.decomposition import Subdomain
-from ddray.training.local import LocalResult, LocalSettings, train_subdomain
+from ddray.storage import checkpoint_location
+from ddray.training.local import LocalResult, LocalSettings, save_local_model, train_subdomain
 from ddray.training.loop import Callback
+
+
+WORKER_LOST = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.ObjectLostError,
+)
 
 
 class SubdomainFailed(RuntimeError):
@@ -74,13 +87,14 @@ class SubdomainWorker:
         sub: Subdomain,
         arrays: Mapping[str, Any],
         settings: LocalSettings,
-        checkpoint_path: str,
-        model_path: str,
+        checkpoint: str,
         queue: Queue | None,
     ) -> tuple[LocalResult, dict]:
+        """Train one subdomain; the weights travel back in the result, so no shared disk is needed."""
         progress = QueueProgress(queue, sub.index, settings.epochs)
-        progress.send({"status": "started", "epoch": 0, "pid": os.getpid()})
-        result = train_subdomain(sub, arrays, settings, checkpoint_path=checkpoint_path, model_path=model_path, callbacks=[progress])
+        progress.send({"status": "started", "epoch": 0, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()})
+        with checkpoint_location(checkpoint) as (local_path, sync):
+            result = train_subdomain(sub, arrays, settings, checkpoint_path=local_path, callbacks=[progress, sync])
         return result, self.where()
 
 
@@ -107,17 +121,21 @@ def run_local_phase(
     """Train every task on a pool of at most ``slots`` actors; results in task order."""
     if not tasks:
         return []
-    queue = Queue(actor_options={"num_cpus": 0})
+    # the progress queue lives on the driver's node, so losing a worker node never loses it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     pool_size = max(1, min(slots, len(tasks)))
-    options = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=max_retries, max_task_retries=max_retries)
+    # SPREAD: use every node's GPUs/CPUs before packing a second worker onto one node
+    options = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
     workers = [SubdomainWorker.options(**options).remote(cpus) for _ in range(pool_size)]
     pending_tasks = list(tasks)
     running: dict[ray.ObjectRef, tuple[Any, LocalTask]] = {}
     results: dict[int, LocalResult] = {}
+    attempts: dict[int, int] = {}
 
     def submit(worker) -> None:
         task = pending_tasks.pop(0)
-        ref = worker.train.remote(task.sub, data_ref, task.settings, task.checkpoint_path, task.model_path, queue)
+        ref = worker.train.remote(task.sub, data_ref, task.settings, task.checkpoint_path, queue)
         running[ref] = (worker, task)
 
     def drain() -> None:
@@ -142,14 +160,26 @@ def run_local_phase(
                 worker, task = running.pop(ref)
                 try:
                     result, where = ray.get(ref)
-                except ray.exceptions.RayActorError as err:
-                    raise SubdomainFailed(
-                        f"subdomain {task.sub.index} failed: its worker died {max_retries + 1} time(s) "
-                        f"(resources.max_retries={max_retries}); last cause: {_short(err)}. "
-                        f"Finished subdomains and checkpoints are kept; rerun with --resume to continue."
-                    ) from None
+                except WORKER_LOST as err:
+                    index = task.sub.index
+                    attempts[index] = attempts.get(index, 0) + 1
+                    if attempts[index] > max_retries:
+                        raise SubdomainFailed(
+                            f"subdomain {index} failed: its worker died {attempts[index]} time(s) "
+                            f"(resources.max_retries={max_retries}); last cause: {_short(err)}. "
+                            f"Finished subdomains and checkpoints are kept; rerun with --resume to continue."
+                        ) from None
+                    on_event({"subdomain": index, "status": "retrying", "attempt": attempts[index], "cause": _short(err, 200)})
+                    workers.remove(worker)
+                    worker = SubdomainWorker.options(**options).remote(cpus)
+                    workers.append(worker)
+                    pending_tasks.insert(0, task)
+                    submit(worker)
+                    continue
                 except ray.exceptions.RayTaskError as err:
                     raise SubdomainFailed(f"subdomain {task.sub.index} failed: {_short(err)}") from None
+                save_local_model(task.model_path, result)
+                result.model_state = None  # written; do not keep every model in driver memory
                 results[task.sub.index] = result
                 on_event({"subdomain": task.sub.index, "status": "done", "test_accuracy": result.test_accuracy, **where})
                 on_result(result, where)

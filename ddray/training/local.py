@@ -79,6 +79,8 @@ class LocalResult:
     resumed_from_epoch: int = 0
     data_fingerprint: str = ""
     settings: dict = field(default_factory=dict)
+    subdomain_spec: dict = field(default_factory=dict)
+    model_state: dict | None = None  # selected weights on CPU; the driver writes them where it keeps runs
 
     def summary(self) -> dict:
         """JSON-safe view for results.json (no arrays)."""
@@ -153,11 +155,7 @@ def train_subdomain(
     )
     probabilities = {split: predict_proba(model, data[f"x_{split}"]) for split in SPLITS}
     _, test_acc = evaluate(model, data["x_test"], data["y_test"])
-    if model_path is not None:
-        model_path = Path(model_path)
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": model.cpu().state_dict(), "settings": asdict(settings), "subdomain": asdict(sub)}, model_path)
-    return LocalResult(
+    result = LocalResult(
         subdomain=sub.index,
         probabilities=probabilities,
         val_accuracy=outcome.best_val_accuracy,
@@ -169,4 +167,18 @@ def train_subdomain(
         resumed_from_epoch=outcome.resumed_from_epoch,
         data_fingerprint=fingerprint(data["x_train"]),
         settings=asdict(settings),
+        subdomain_spec=asdict(sub),
+        model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
     )
+    if model_path is not None:
+        save_local_model(model_path, result)
+    return result
+
+
+def save_local_model(path: str | Path, result: LocalResult) -> None:
+    """The file ``ddray predict`` and transfer learning load: weights, settings, subdomain."""
+    if result.model_state is None:
+        raise ValueError(f"subdomain {result.subdomain}: no model weights to save")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": result.model_state, "settings": result.settings, "subdomain": result.subdomain_spec}, path)

@@ -1,0 +1,251 @@
+"""``ddray serve`` and the client commands ``submit``, ``status``, ``cancel``, ``results``, ``logs``.
+
+The client commands read the service URL and token from ``--url``/``--token``
+or ``DDRAY_URL``/``DDRAY_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+FINAL = ("succeeded", "failed", "cancelled")
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the REST job service")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="bearer token (prefer the DDRAY_API_TOKEN environment variable)")
+    p.add_argument("--dev", action="store_true", default=None, help="development: make a random token if none is set")
+    p.add_argument("--data-roots", help="colon-separated folders configs may read data from (DDRAY_DATA_ROOTS)")
+    p.add_argument("--state-dir", help="job folders and the default SQLite database (DDRAY_STATE_DIR)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (DDRAY_DATABASE_URL; default sqlite in the state dir)")
+    p.add_argument("--ray-address", help="Ray cluster to run jobs on (default: a local head started by the service)")
+    p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local head (default: all)")
+    p.add_argument("--ray-object-store-mb", type=int, help="object store of the local head in MiB")
+    p.add_argument("--max-concurrent-jobs", type=int, help="jobs running at once (default 1; 0 = only queue)")
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--max-upload-bytes", type=int)
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(handler=_serve)
+
+    def client_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--url", help="service URL (DDRAY_URL, default http://127.0.0.1:8000)")
+        q.add_argument("--token", help="bearer token (DDRAY_API_TOKEN)")
+
+    p = sub.add_parser("submit", help="submit a YAML config to the job service")
+    p.add_argument("config")
+    p.add_argument("--name")
+    p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0 only if it succeeded")
+    client_args(p)
+    p.set_defaults(handler=_submit)
+
+    p = sub.add_parser("status", help="list jobs, or show one job's progress")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--status", dest="filter_status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    client_args(p)
+    p.set_defaults(handler=_status)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("id")
+    client_args(p)
+    p.set_defaults(handler=_cancel)
+
+    p = sub.add_parser("results", help="a finished job's results")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    client_args(p)
+    p.set_defaults(handler=_results)
+
+    p = sub.add_parser("logs", help="a job's log")
+    p.add_argument("id")
+    p.add_argument("--lines", type=int)
+    client_args(p)
+    p.set_defaults(handler=_logs)
+
+
+# -- serve ---------------------------------------------------------------------
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    from pydantic import ValidationError
+
+    from api.server import serve
+    from api.settings import ServiceSettings
+
+    flags = {
+        "api_token": args.token,
+        "dev": args.dev,
+        "data_roots": args.data_roots,
+        "state_dir": args.state_dir,
+        "database_url": args.database_url,
+        "ray_address": args.ray_address,
+        "ray_num_cpus": args.ray_num_cpus,
+        "ray_object_store_mb": args.ray_object_store_mb,
+        "max_concurrent_jobs": args.max_concurrent_jobs,
+        "max_body_bytes": args.max_body_bytes,
+        "max_upload_bytes": args.max_upload_bytes,
+    }
+    try:
+        settings = ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as err:
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "settings"
+            console.print(f"[red]error[/]: {field}: {e['msg'].removeprefix('Value error, ')}", highlight=False)
+        return EXIT_BAD_INPUT
+    if settings.dev and not args.token:
+        console.print(f"[yellow]development token[/]: {settings.token}", highlight=False)
+    if not settings.data_roots:
+        console.print("[yellow]note[/]: no data roots (DDRAY_DATA_ROOTS): only configs without data paths are accepted")
+    serve(args.host, args.port, settings, access_log=args.access_log)
+    return 0
+
+
+# -- client commands -----------------------------------------------------------
+def _client(args: argparse.Namespace):
+    from api.client import ServiceClient
+
+    return ServiceClient(args.url, args.token)
+
+
+def _guard(fn):
+    def wrapper(args: argparse.Namespace, console: Console) -> int:
+        from api.client import ClientError
+
+        try:
+            return fn(args, console)
+        except ClientError as err:
+            console.print(f"[red]error[/]: {err}", highlight=False)
+            return EXIT_BAD_INPUT if str(err).startswith("rejected") else EXIT_FAILED
+
+    return wrapper
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return ""
+    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@_guard
+def _submit(args: argparse.Namespace, console: Console) -> int:
+    import yaml
+
+    path = Path(args.config)
+    if not path.is_file():
+        console.print(f"[red]error[/]: config file not found: {path}")
+        return EXIT_BAD_INPUT
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        console.print(f"[red]error[/]: {path} is not valid YAML: {err}", highlight=False)
+        return EXIT_BAD_INPUT
+    with _client(args) as client:
+        job = client.submit(config, name=args.name or path.stem)
+        print(job["id"], flush=True)
+        console.print(f"submitted job {job['id']} ({job['status']}); watch it with: ddray status {job['id']}", highlight=False)
+        if not args.wait:
+            return 0
+        last = None
+        while True:
+            info = client.get(job["id"])
+            line = _progress_line(info)
+            if line != last:
+                console.print(line, highlight=False)
+                last = line
+            if info["status"] in FINAL:
+                if info.get("error"):
+                    console.print(f"[red]error[/]: {info['error']}", highlight=False)
+                return 0 if info["status"] == "succeeded" else EXIT_FAILED
+            time.sleep(2)
+
+
+def _progress_line(info: dict[str, Any]) -> str:
+    subs = info.get("subdomains") or []
+    epochs = [s.get("epoch") or 0 for s in subs]
+    detail = f", epochs {min(epochs)}-{max(epochs)}" if epochs and any(epochs) else ""
+    return f"{info['id']}: {info['status']}" + (f" ({info['phase']}{detail})" if info.get("phase") else "")
+
+
+@_guard
+def _status(args: argparse.Namespace, console: Console) -> int:
+    with _client(args) as client:
+        if args.id:
+            info = client.get(args.id)
+            if args.json:
+                print(json.dumps(info, indent=1))
+                return 0
+            _print_job(info)
+            return 0
+        listing = client.list(status=args.filter_status, limit=args.limit)
+    if args.json:
+        print(json.dumps(listing, indent=1))
+        return 0
+    table = Table(title=f"ddray jobs ({listing['total']} in all)")
+    for col in ("id", "name", "status", "created", "finished", "error"):
+        table.add_column(col)
+    for job in listing["items"]:
+        table.add_row(job["id"], job.get("name") or "", job["status"], _when(job["created_at"]), _when(job.get("finished_at")), (job.get("error") or "")[:60])
+    Console().print(table)
+    return 0
+
+
+def _print_job(info: dict[str, Any]) -> None:
+    out = Console()
+    out.print(f"[bold]{info['id']}[/] {info.get('name') or ''}: [bold]{info['status']}[/]" + (f", phase {info['phase']}" if info.get("phase") else ""), highlight=False)
+    t = info.get("timings") or {}
+    if t.get("run_s") is not None:
+        out.print(f"queued {t.get('queued_s', 0):.1f}s, running {t['run_s']:.1f}s", highlight=False)
+    if info.get("error"):
+        out.print(f"[red]error[/]: {info['error']}", highlight=False)
+    subs = info.get("subdomains") or []
+    if subs:
+        table = Table(title="subdomains")
+        for col in ("#", "status", "epoch", "train loss", "val acc", "best val acc", "trials"):
+            table.add_column(col, justify="right")
+
+        def f(v: Any) -> str:
+            return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+        for s in subs:
+            epoch = f"{s.get('epoch') or 0}/{s.get('epochs') or '?'}" if s.get("epochs") else ""
+            table.add_row(str(s["index"]), s.get("status") or "", epoch, f(s.get("train_loss")), f(s.get("val_accuracy")), f(s.get("best_val_accuracy")), f(s.get("trials_done")))
+        out.print(table)
+
+
+@_guard
+def _cancel(args: argparse.Namespace, console: Console) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.id)
+    console.print(f"job {job['id']}: {job['status']}" + (" (stopping)" if job["status"] == "running" else ""), highlight=False)
+    return 0
+
+
+@_guard
+def _results(args: argparse.Namespace, console: Console) -> int:
+    with _client(args) as client:
+        results = client.results(args.id)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    from ddray.report import print_table
+
+    print_table(results, Console())
+    return 0
+
+
+@_guard
+def _logs(args: argparse.Namespace, console: Console) -> int:
+    with _client(args) as client:
+        print(client.logs(args.id, args.lines), end="")
+    return 0

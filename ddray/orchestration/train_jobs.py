@@ -1,0 +1,255 @@
+"""The comparison models as a Ray Train job: global CNN, coherent CNN-DNN, transfer learning.
+
+Design:
+- One ``TorchTrainer`` job trains every model named in ``compare`` that is
+  not finished yet, one after the other, on the same worker group. Ray
+  Train's start-up (measured 19 s with 1 worker, 25 s with 2 on the 2-core
+  machine) is paid once instead of once per model. Each model's
+  ``train_wall_s`` is timed inside the training loop, so no model is charged
+  for start-up; the job's start-up is reported as ``startup_s`` and
+  ``job_wall_s = startup_s + train_wall_s`` is what the model costs as a job
+  of its own.
+- ``resources.num_workers`` workers, each with ``cpus_per_subdomain`` CPUs
+  (and one GPU when ``gpus_per_subdomain > 0``). With more than one worker
+  ``ray.train.torch.prepare_model`` wraps the model in DDP (gloo on CPU,
+  NCCL on GPU: Ray Train's default backend choice); the data sharding is in
+  :mod:`ddray.training.baselines`.
+- Data: the driver's object-store reference travels inside
+  ``train_loop_config`` and each worker ``ray.get``s it (zero-copy on its
+  node). The transfer start (trained local CNNs and DNN) is read on the
+  driver from ``RUN/checkpoints`` and shipped once the same way, so workers
+  need no access to the run folder.
+- Rank 0 reports each finished model with a checkpoint (weights + summary).
+  The driver copies the weights to ``RUN/checkpoints/baselines/<name>.pt`` and
+  the summary to ``RUN/baselines/<name>.json``; that file marks the model
+  finished, so ``--resume`` does not train it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+import torch
+
+from ddray.config import RunConfig
+from ddray.data import Dataset
+from ddray.decomposition import Subdomain
+from ddray.errors import ResourceError
+from ddray.orchestration.cluster import alive_nodes, slots_per_node
+from ddray.run_dir import RunDir
+from ddray.training.baselines import BASELINE_NAMES, BaselineSettings, TransferStart
+from ddray.training.local import LocalSettings
+
+
+class BaselineFailed(RuntimeError):
+    """A comparison model's Ray Train job failed; names the models and the cause."""
+
+
+def worker_resources(config: RunConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) of one Ray Train worker."""
+    res = config.resources
+    return res.cpus_per_subdomain, (1.0 if res.gpus_per_subdomain > 0 else 0.0)
+
+
+def check_baselines_feasible(config: RunConfig) -> None:
+    """Raise ResourceError unless the cluster can host ``num_workers`` Train workers at once."""
+    cpus, gpus = worker_resources(config)
+    nodes = alive_nodes()
+    slots = sum(slots_per_node(n, cpus, gpus) for n in nodes)
+    workers = config.resources.num_workers
+    if slots < workers:
+        have = ", ".join(f"CPU {n.cpus:g}, GPU {n.gpus:g}" for n in nodes) or "no alive nodes"
+        raise ResourceError(
+            f"compare: {config.compare} needs {workers} Ray Train worker(s) of CPU {cpus:g}, GPU {gpus:g} at once, "
+            f"but the cluster can host {slots} ({have}); lower resources.num_workers or join a larger cluster"
+        )
+
+
+def baseline_settings(config: RunConfig, dataset: Dataset, name: str) -> BaselineSettings:
+    t, b = config.training, config.baselines
+    return BaselineSettings(
+        name=name,
+        model=config.local_model.name,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        spatial_dims=config.spatial_dims,
+        epochs=b.epochs or t.epochs,
+        batch_size=b.batch_size or t.batch_size,
+        lr=b.lr or t.lr,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+        seed=config.seed,
+        dnn_hidden=list(config.aggregation.dnn.hidden),
+        dnn_dropout=config.aggregation.dnn.dropout,
+    )
+
+
+def local_settings(config: RunConfig, dataset: Dataset, run_dir: RunDir, subdomains: Sequence[Subdomain]) -> list[LocalSettings]:
+    """Each subdomain's local CNN settings as trained (a Tune search may have changed its width)."""
+    default = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    out = []
+    for sub in subdomains:
+        path = run_dir.local_model(sub.index)
+        if path.exists():
+            out.append(LocalSettings(**torch.load(path, map_location="cpu", weights_only=False)["settings"]))
+        else:
+            out.append(default)
+    return out
+
+
+def transfer_start(run_dir: RunDir, subdomains: Sequence[Subdomain]) -> tuple[TransferStart, str]:
+    """The trained local CNNs (and DNN, if the run trained one) as initial values; and a label of the start."""
+    settings, states = [], []
+    for sub in subdomains:
+        path = run_dir.local_model(sub.index)
+        if not path.exists():
+            raise BaselineFailed(f"the transfer baseline needs the trained local model {path}, which is missing")
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        settings.append(LocalSettings(**saved["settings"]))
+        states.append(saved["state_dict"])
+    dnn_state, label = None, "local CNNs + random DNN"
+    if run_dir.dnn.exists():
+        dnn_state, label = torch.load(run_dir.dnn, map_location="cpu", weights_only=False)["state_dict"], "local CNNs + DNN"
+    return TransferStart(settings, states, dnn_state), label
+
+
+def baseline_loop(cfg: dict) -> None:
+    """Runs on every Ray Train worker: build, wrap (DDP if >1 worker), train, report each model in turn."""
+    import ray.train
+    import ray.train.torch
+
+    from ddray.training.baselines import build_model, train_baseline
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg["cpus"])))
+    arrays = ray.get(cfg["data"])
+    start = ray.get(cfg["start"]) if cfg["start"] is not None else None
+    device = ray.train.torch.get_device()
+    for job in cfg["jobs"]:
+        inner = build_model(job, cfg["subdomains"], cfg["local_settings"], start)
+        model = ray.train.torch.prepare_model(inner)  # DistributedDataParallel when world > 1
+        outcome = train_baseline(model, arrays, job, rank=rank, world_size=world, device=device, unwrapped=inner)
+        if rank == 0:
+            print(f"[ddray] baseline {job.name}: test accuracy {outcome.test_accuracy:.4f}, "
+                  f"{outcome.train_wall_s:.1f} s on {world} worker(s)", flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                state = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+                torch.save({"state_dict": state, "settings": asdict(job)}, Path(d) / f"{job.name}.pt")
+                (Path(d) / f"{job.name}.json").write_text(json.dumps(outcome.summary(), default=float))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(
+                {"baseline": job.name, "test_accuracy": outcome.test_accuracy, "train_wall_s": outcome.train_wall_s},
+                checkpoint=checkpoint,
+            )
+
+
+def run_baselines(
+    config: RunConfig,
+    run_dir: RunDir,
+    dataset: Dataset,
+    subdomains: list[Subdomain],
+    *,
+    data_ref: ray.ObjectRef | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Train every model of ``config.compare`` not finished yet; return results['baselines']."""
+    from ray import train
+    from ray.train.torch import TorchTrainer
+
+    names = [n for n in dict.fromkeys(config.compare) if n in BASELINE_NAMES]
+    out_dir = run_dir.root / "baselines"
+    weights_dir = run_dir.root / "checkpoints" / "baselines"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    done = {n: json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").exists()}
+    todo = [n for n in names if n not in done]
+    if todo:
+        check_baselines_feasible(config)
+        if data_ref is None:
+            from ddray.orchestration.driver import dataset_arrays
+
+            data_ref = ray.put(dataset_arrays(dataset))
+        start_ref, start_label = None, None
+        if "transfer" in todo:
+            start, start_label = transfer_start(run_dir, subdomains)
+            start_ref = ray.put(start)
+        cpus, gpus = worker_resources(config)
+        workers = config.resources.num_workers
+        resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        storage = (run_dir.storage / "baselines") if run_dir.storage else out_dir
+        name = f"job-{time.strftime('%Y%m%d-%H%M%S')}"
+        trainer = TorchTrainer(
+            baseline_loop,
+            train_loop_config={
+                "data": data_ref,
+                "start": start_ref,
+                "subdomains": list(subdomains),
+                "local_settings": local_settings(config, dataset, run_dir, subdomains),
+                "jobs": [baseline_settings(config, dataset, n) for n in todo],
+                "cpus": cpus,
+            },
+            scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
+            run_config=train.RunConfig(name=name, storage_path=str(storage), failure_config=train.FailureConfig(max_failures=0)),
+        )
+        started = time.perf_counter()
+        try:
+            result = trainer.fit()
+        except Exception as err:
+            raise BaselineFailed(f"the Ray Train job for {todo} failed: {_short(err)}") from None
+        job_wall = time.perf_counter() - started
+        trained = _collect(result, weights_dir)
+        missing = [n for n in todo if n not in trained]
+        if missing:
+            raise BaselineFailed(f"the Ray Train job for {todo} finished without reporting {missing}")
+        startup = max(0.0, job_wall - sum(trained[n]["train_wall_s"] for n in todo))
+        for n in todo:
+            info = trained[n]
+            info.update(
+                startup_s=round(startup, 3),
+                job_wall_s=round(startup + info["train_wall_s"], 3),
+                job=name,
+                job_wall_total_s=round(job_wall, 3),
+                num_workers=workers,
+                use_gpu=gpus > 0,
+                start={"global": "random", "coherent": "random", "transfer": start_label}[n],
+                checkpoint=str(weights_dir / f"{n}.pt"),
+            )
+            tmp = out_dir / f"{n}.json.tmp"
+            tmp.write_text(json.dumps(info, indent=1, default=float))
+            os.replace(tmp, out_dir / f"{n}.json")
+            done[n] = info
+    return {n: _public(done[n]) for n in names}
+
+
+def _collect(result, weights_dir: Path) -> dict[str, dict]:
+    """Copy each reported model's weights out of its Ray Train checkpoint; return the summaries."""
+    trained: dict[str, dict] = {}
+    checkpoints = [c for c, _ in (result.best_checkpoints or [])] or ([result.checkpoint] if result.checkpoint else [])
+    for checkpoint in checkpoints:
+        with checkpoint.as_directory() as d:
+            for summary in sorted(Path(d).glob("*.json")):
+                name = summary.stem
+                shutil.copyfile(Path(d) / f"{name}.pt", weights_dir / f"{name}.pt")
+                trained[name] = json.loads(summary.read_text())
+    return trained
+
+
+def _public(info: dict) -> dict:
+    """What results.json keeps (the per-epoch history stays in RUN/baselines/<name>.json)."""
+    return {k: v for k, v in info.items() if k != "history"}
+
+
+def _short(err: BaseException, limit: int = 600) -> str:
+    text = " ".join(line.strip() for line in str(err).strip().splitlines()[-6:])
+    return text[-limit:]

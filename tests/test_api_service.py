@@ -1,0 +1,198 @@
+"""The job service for real: ``ddray serve`` on 127.0.0.1, real HTTP, SQLite, a local Ray head, real jobs.
+
+One service for the module (its Ray head has 2 CPUs); the last test kills it
+and starts a new one on the same state dir to check what a restart keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from api.cluster import process_cmdline
+from api.runner import RESTARTED
+from api.testing import Service, cleanup_state, tiny_job
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return root
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, data_root):
+    state = tmp_path_factory.mktemp("state")
+    service = Service(state, data_root, extra_args=["--ray-num-cpus", "2", "--ray-object-store-mb", "200"], env={"DDRAY_CANCEL_GRACE_S": "5"})
+    service.start(timeout=150)
+    yield service
+    service.stop()
+    cleanup_state(state, service.token)  # in case a test failed half-way through a kill
+
+
+def wait_for(fn, timeout: float, interval: float = 0.25, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached in {timeout:.0f} s (last: {last})")
+
+
+def cli(svc: Service, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DDRAY_URL": svc.url, "DDRAY_API_TOKEN": svc.token}
+    return subprocess.run([sys.executable, "-m", "ddray", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def cpus(svc: Service) -> tuple[float, float]:
+    ray = httpx.get(f"{svc.url}/healthz", timeout=10).json()["ray"]
+    return ray["available"].get("CPU", 0.0), ray["total"].get("CPU", 0.0)
+
+
+def test_auth_over_real_http(svc):
+    assert httpx.get(f"{svc.url}/jobs").status_code == 401
+    assert httpx.get(f"{svc.url}/jobs", headers={"Authorization": "Bearer not-the-token-000000"}).status_code == 401
+    assert httpx.post(f"{svc.url}/jobs", json={"config": tiny_job()}).status_code == 401
+    assert httpx.get(f"{svc.url}/healthz").status_code == 200
+    with svc.client() as c:
+        assert c.get("/jobs").status_code == 200
+
+
+def test_path_escapes_over_real_http(svc, data_root, tmp_path):
+    outside = tmp_path / "secret.npz"
+    np.savez(outside, x=np.zeros((2, 1, 16, 16)), y=np.zeros(2))
+    (data_root / "escape.npz").symlink_to(outside)
+    with svc.client() as c:
+        before = c.get("/jobs").json()["total"]
+        for path in ("../secret.npz", str(outside), "/etc/passwd", "escape.npz"):
+            r = c.post("/jobs", json={"config": tiny_job(source="npz", path=path)})
+            assert r.status_code == 422, (path, r.text)
+            assert r.json()["detail"][0]["loc"][-2:] == ["dataset", "path"]
+        assert c.get("/jobs").json()["total"] == before
+
+
+def test_full_lifecycle_submit_watch_results_predict(svc, tmp_path):
+    cfg = tmp_path / "job.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(tiny_job(epochs=6)))
+    submitted = cli(svc, "submit", str(cfg), "--name", "lifecycle")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    seen_status, seen_epochs, seen_phases = [], set(), set()
+    with svc.client() as c:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            job = c.get(f"/jobs/{job_id}").json()
+            if not seen_status or seen_status[-1] != job["status"]:
+                seen_status.append(job["status"])
+            seen_phases.add(job["phase"])
+            seen_epochs.update(s["epoch"] for s in job["subdomains"] if s.get("epoch") is not None)
+            if job["status"] in FINAL:
+                break
+            time.sleep(0.2)
+        assert job["status"] == "succeeded", (job, c.get(f"/jobs/{job_id}/logs").text[-3000:])
+        assert seen_status[-1] == "succeeded" and "running" in seen_status
+        assert len(seen_epochs) >= 3 and max(seen_epochs) == 6, seen_epochs  # progress moved while we watched
+        assert "local_training" in seen_phases
+        assert job["error"] is None and job["timings"]["run_s"] > 0 and job["timings"]["results"]["total_wall"] > 0
+        assert [s["status"] for s in job["subdomains"]] == ["done"] * 4
+        assert all(s["best_val_accuracy"] is not None for s in job["subdomains"])
+
+        results = c.get(f"/jobs/{job_id}/results").json()
+        assert len(results["local"]) == 4 and "dnn" in results["aggregation"]
+        png = c.get(f"/jobs/{job_id}/artifacts/accuracy.png")
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n" and png.headers["content-type"] == "image/png"
+        assert "test accuracy" in c.get(f"/jobs/{job_id}/artifacts/results.md").text
+        logs = c.get(f"/jobs/{job_id}/logs").text
+        assert "subdomain 3" in logs and "epoch 6/6" in logs
+        tail = c.get(f"/jobs/{job_id}/logs", params={"lines": 2}).text
+        assert len(tail.splitlines()) == 2 and logs.endswith(tail)
+
+        x = np.random.default_rng(0).random((3, 1, 16, 16)).astype("float32")
+        npz = tmp_path / "new.npz"
+        np.savez(npz, x=x)
+        r = c.post(f"/jobs/{job_id}/predict", files=[("files", ("new.npz", npz.read_bytes(), "application/octet-stream"))])
+        assert r.status_code == 200, r.text
+        pred = r.json()
+        assert pred["count"] == 3 and {"dnn", "average", "vote", "dnn_confidence"} <= set(pred["records"][0])
+        assert set(r["dnn"] for r in pred["records"]) <= set(results["dataset"]["class_names"])
+
+    shown = cli(svc, "results", job_id, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["aggregation"] == results["aggregation"]
+    listed = cli(svc, "status")
+    assert listed.returncode == 0 and job_id in listed.stdout
+
+
+def test_queue_order_and_cancel_frees_ray_resources(svc):
+    with svc.client() as c:
+        long_a = c.post("/jobs", json={"name": "long-a", "config": tiny_job(epochs=5000)}).json()["id"]
+        long_b = c.post("/jobs", json={"name": "long-b", "config": tiny_job(epochs=5000)}).json()["id"]
+
+        def training():
+            job = c.get(f"/jobs/{long_a}").json()
+            return job["status"] == "running" and any((s.get("epoch") or 0) >= 1 for s in job["subdomains"])
+
+        wait_for(training, 120, what="job a training")
+        assert c.get(f"/jobs/{long_b}").json()["status"] == "queued"  # one at a time, in submission order
+        available, total = wait_for(lambda: (lambda a, t: (a, t) if a < t else None)(*cpus(svc)), 30, what="CPUs in use")
+        assert total == 2.0 and available < total
+
+        r = c.post(f"/jobs/{long_b}/cancel")  # queued: cancelled at once
+        assert r.status_code == 202 and r.json()["status"] == "cancelled"
+        r = c.post(f"/jobs/{long_a}/cancel")
+        assert r.status_code == 202 and r.json()["status"] == "running"
+        t0 = time.monotonic()
+        job = wait_for(lambda: (lambda j: j if j["status"] in FINAL else None)(c.get(f"/jobs/{long_a}").json()), 30, what="cancelled")
+        assert job["status"] == "cancelled" and job["cancel_requested"]
+        pid = None
+        wait_for(lambda: cpus(svc)[0] == 2.0, 30, interval=0.5, what="Ray CPUs freed")
+        assert time.monotonic() - t0 < 40
+        assert c.get(f"/jobs/{long_b}").json()["status"] == "cancelled"
+        assert pid is None
+
+
+def test_restart_keeps_every_record_and_fails_the_orphaned_job(svc):
+    with svc.client() as c:
+        victim = c.post("/jobs", json={"name": "victim", "config": tiny_job(epochs=5000)}).json()["id"]
+        wait_for(lambda: any((s.get("epoch") or 0) >= 1 for s in c.get(f"/jobs/{victim}").json()["subdomains"]), 120, what="victim training")
+        queued = c.post("/jobs", json={"name": "waiting", "config": tiny_job()}).json()["id"]
+        before = {j["id"]: j for j in c.get("/jobs", params={"limit": 100}).json()["items"]}
+    driver_pid = None
+    from api.store import JobStore
+
+    store = JobStore(f"sqlite:///{svc.state_dir / 'ddray.db'}")
+    driver_pid = store.get(victim).pid
+    store.close()
+    assert driver_pid and "ddray" in process_cmdline(driver_pid)
+
+    svc.kill()  # a crash: nothing is cleaned up by the service
+    assert "ddray" in process_cmdline(driver_pid)  # the driver outlived it
+    svc.start(timeout=150)  # same state dir, same SQLite file
+
+    with svc.client() as c:
+        after = {j["id"]: j for j in c.get("/jobs", params={"limit": 100}).json()["items"]}
+        assert set(after) == set(before)
+        for job_id, job in before.items():
+            if job["status"] in FINAL:
+                assert after[job_id] == job
+        dead = c.get(f"/jobs/{victim}").json()
+        assert dead["status"] == "failed" and dead["error"] == RESTARTED
+        assert process_cmdline(driver_pid) == "" or "ddray" not in process_cmdline(driver_pid)
+        # the queued job survived the crash and now runs on the new service's Ray
+        done = wait_for(lambda: (lambda j: j if j["status"] in FINAL else None)(c.get(f"/jobs/{queued}").json()), 150, what="queued job ran")
+        assert done["status"] == "succeeded", done
+        assert c.get(f"/jobs/{queued}/results").status_code == 200
