@@ -79,7 +79,7 @@ def main() -> None:
         parallel = time.perf_counter() - t0
     from ray._private.internal_api import memory_summary
 
-    store_line = next((line.strip() for line in memory_summary(stats_only=True).splitlines() if "Plasma memory usage" in line), "n/a")
+    store_line = next((line.strip() for line in memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True).splitlines() if "Plasma memory usage" in line), "n/a")
     ray.shutdown()
 
     ideal = serial / workers

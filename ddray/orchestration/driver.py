@@ -205,5 +205,6 @@ def _aggregate(config: RunConfig, probs: dict[str, np.ndarray], labels: dict[str
                 "best_epoch": trained["best_epoch"],
                 "parameters": trained["parameters"],
                 "train_wall_s": round(time.perf_counter() - t0, 3),
+                "fit_seconds": round(trained["train_seconds"], 3),
             }
     return out

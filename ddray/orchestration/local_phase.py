@@ -18,6 +18,7 @@ Design:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -71,16 +72,9 @@ class SubdomainWorker:
         torch.set_num_threads(max(1, int(cpus)))
 
     def where(self) -> dict:
-        """Where this worker runs and its peak memory (benchmarks show the data is not copied N times)."""
-        import resource
-
+        """Where this worker runs and its memory (benchmarks show the data is not copied N times)."""
         ctx = ray.get_runtime_context()
-        return {
-            "node_id": ctx.get_node_id(),
-            "pid": os.getpid(),
-            "actor_id": ctx.get_actor_id(),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        }
+        return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "actor_id": ctx.get_actor_id(), **process_memory_mb()}
 
     def train(
         self,
@@ -124,7 +118,9 @@ def run_local_phase(
     # the progress queue lives on the driver's node, so losing a worker node never loses it
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    pool_size = max(1, min(slots, len(tasks)))
+    # never more busy processes than whole CPUs: fractional CPU shares still schedule,
+    # but packing more training processes than cores only adds start-up and memory
+    pool_size = max(1, min(slots, len(tasks), max_busy_processes()))
     # SPREAD: use every node's GPUs/CPUs before packing a second worker onto one node
     options = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
     workers = [SubdomainWorker.options(**options).remote(cpus) for _ in range(pool_size)]
@@ -201,9 +197,25 @@ def run_local_phase(
     return [results[t.sub.index] for t in tasks]
 
 
+def max_busy_processes() -> int:
+    return max(1, int(sum(math.floor(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive"))))
+
+
 def _short(err: BaseException, limit: int = 600) -> str:
     text = str(err).strip().splitlines()
     tail = " ".join(line.strip() for line in text[-6:])
     return tail[-limit:]
 
 
+def process_memory_mb() -> dict[str, float]:
+    """Peak RSS, and private memory: RSS also counts the shared object-store pages a worker reads."""
+    import resource
+
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup").read().splitlines()[1:])
+        private_kb = sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
+        out["private_mb"] = round(private_kb / 1024, 1)
+    except (OSError, KeyError, ValueError):  # not Linux
+        pass
+    return out

@@ -359,8 +359,12 @@ def subdomain_trial(
     cpus: float,
 ) -> None:
     """One Tune trial: train subdomain ``config['subdomain']`` with the sampled hyperparameters."""
+    import logging
+
     import torch
 
+    for name in ("ray.train", "ray.tune"):  # per-epoch "checkpoint created" lines would flood the driver log
+        logging.getLogger(name).setLevel(logging.WARNING)
     index = int(config["subdomain"])
     if index not in subdomains:  # already finished in an earlier session: nothing to train
         tune.report(_skipped_report(index))
@@ -386,7 +390,7 @@ def subdomain_trial(
                 reporter.resumed_from_epoch = int(m["epoch"])
         result = train_subdomain(sub, data, settings, checkpoint_path=state, model_path=workdir / MODEL_FILE, callbacks=[reporter])
         np.savez(workdir / PROBS_FILE, **result.probabilities)
-        summary = {k: v for k, v in asdict(result).items() if k != "probabilities"}
+        summary = {k: v for k, v in asdict(result).items() if k not in ("probabilities", "model_state")}
         (workdir / RESULT_FILE).write_text(json.dumps(summary, default=float))
         final = reporter.metrics(result.history[-1])
         final.update(final=1, selected_val_accuracy=float(result.val_accuracy), selected_epoch=result.best_epoch,
@@ -460,12 +464,21 @@ def classify(records: Sequence[TrialRecord], selection_metric: str, asha: bool) 
 
 
 def select_best(records: Sequence[TrialRecord], selection_metric: str, mode: str) -> TrialRecord | None:
-    """Best completed trial by its validation metric at its selected epoch (ties: first trial id)."""
+    """Best completed trial by its validation metric at its selected epoch.
+
+    Ties go to the other validation metric (accuracy ties: lower loss), then to the first trial id.
+    """
     candidates = [r for r in records if r.status == "completed"]
     if not candidates:
         return None
     sign = 1.0 if mode == "max" else -1.0
-    return sorted(candidates, key=lambda r: (-sign * float(r.metrics[selection_metric]), r.trial_id))[0]
+    other, other_sign = ("selected_val_loss", -1.0) if selection_metric == "selected_val_accuracy" else ("selected_val_accuracy", 1.0)
+
+    def key(r: TrialRecord) -> tuple:
+        tie = float(r.metrics.get(other)) if _finite(r.metrics.get(other)) else float("-inf") * -other_sign
+        return (-sign * float(r.metrics[selection_metric]), -other_sign * tie, r.trial_id)
+
+    return sorted(candidates, key=key)[0]
 
 
 @dataclass
@@ -481,7 +494,7 @@ class _SearchMonitor:
     on_event: Callable[[dict], None]
     on_result: Callable[[LocalResult, dict], None]
     best: dict[int, dict]
-    finalised: set[int] = field(default_factory=set)
+    finalised: set[int] = field(default_factory=set)  # attempted, whether it succeeded or raised
     ended: set[str] = field(default_factory=set)
     ended_before: set[str] | None = None
     trials: list = field(default_factory=list)
@@ -534,6 +547,7 @@ class _SearchMonitor:
 
     def finalise(self, index: int, records: list[TrialRecord]) -> None:
         """Pick the subdomain's best trial, install its artifacts, and report it as finished."""
+        self.finalised.add(index)
         try:
             self._finalise(index, records)
         except Exception as err:  # raised after fit: a failing subdomain must not stop the others
@@ -576,7 +590,6 @@ class _SearchMonitor:
         _write_best(self.out_dir / BEST_FILE, self.best, self.selection_metric)
         where = {"node_id": best.metrics.get("node_id"), "trial_id": best.trial_id, "tune_config": best.config}
         self.on_result(result, where)
-        self.finalised.add(index)
         self.on_event({"subdomain": index, "status": "done", "test_accuracy": result.test_accuracy,
                        "trial": best.trial_id, "trials_done": len(records)})
 

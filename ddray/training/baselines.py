@@ -170,7 +170,8 @@ def shard_indices(n: int, rank: int, world_size: int, seed: int) -> torch.Tensor
 
 
 def _tensor(a: np.ndarray, dtype=np.float32) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+    """A writable copy (object-store arrays are read-only views)."""
+    return torch.from_numpy(np.array(a, dtype=dtype, order="C", copy=True))
 
 
 def train_baseline(
