@@ -105,7 +105,7 @@ HANDLERS = {"run": _run, "demo": _demo, "predict": _predict, "validate": _valida
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddray.errors import USER_ERRORS
+    from ddray.errors import USER_ERRORS, SubdomainFailed
 
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         console.print(f"[red]error[/]: {err}", highlight=False)
         return EXIT_BAD_INPUT
+    except SubdomainFailed as err:
+        console.print(f"[red]failed[/]: {err}", highlight=False)
+        return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished subdomains are kept; continue with ddray run --resume RUN_DIR")
         return 130

@@ -13,6 +13,10 @@ class ResourceError(RuntimeError):
     """The Ray cluster can never satisfy the requested per-subdomain resources."""
 
 
+class SubdomainFailed(RuntimeError):
+    """A subdomain's training failed after all retries; the message names the subdomain and cause."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     DataError,

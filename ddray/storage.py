@@ -43,9 +43,14 @@ class _NoSync(Callback):
 
 
 def copy_file(src: str, dst: str) -> None:
-    """Copy between local paths and URIs (pyarrow.fs understands both)."""
+    """Copy between local paths and URIs (pyarrow.fs understands both), creating the target folder."""
     import pyarrow.fs as pafs
 
+    if is_uri(dst):
+        fs, path = pafs.FileSystem.from_uri(dst)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    else:
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(src, dst)
 
 
@@ -68,3 +73,22 @@ def checkpoint_location(location: str) -> Iterator[tuple[str, Callback]]:
         if uri_exists(location):
             copy_file(location, str(local))
         yield str(local), _UploadAfterEpoch(local, location)
+
+
+def local_copy(uri: str, cache: str | Path | None = None) -> Path:
+    """A local copy of a data file or folder at ``uri`` (driver side, once per run).
+
+    Only the driver reads data sets; workers get the arrays from Ray's object
+    store, so a cloud data set is fetched once, not once per worker.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        from ddray.data import DataError
+
+        raise DataError(f"dataset path not found: {uri} (dataset.path)")
+    target = Path(cache or tempfile.mkdtemp(prefix="ddray-data-")) / os.path.basename(path.rstrip("/"))
+    pafs.copy_files(path, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target

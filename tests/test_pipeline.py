@@ -155,33 +155,79 @@ def test_unsatisfiable_gpu_request_fails_at_once(ray_cluster, tmp_path):
     assert progress["phase"] == "failed" and "gpus_per_subdomain" in progress["error"]
 
 
-def test_killed_worker_is_restarted_from_its_checkpoint(ray_cluster, tmp_path):
-    """SIGKILL a subdomain's worker mid-training: Ray restarts it, training resumes from the last epoch."""
-    config = count_config(training={"epochs": 12}, resources={"max_retries": 2}, aggregation={"methods": ["average"]})
-    out = tmp_path / "fault"
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("results", run(config, out)))
-    thread.start()
-    victim = None
+def _kill_a_worker_mid_training(out: Path, min_epoch: int = 3) -> int:
+    """SIGKILL the process training some subdomain once it passed ``min_epoch``; return that subdomain."""
     deadline = time.time() + 120
-    while victim is None and time.time() < deadline:
+    while time.time() < deadline:
         time.sleep(0.2)
         try:
             subs = json.loads((out / "progress.json").read_text())["subdomains"]
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
             continue
         for key, entry in subs.items():
-            if entry.get("status") == "running" and entry.get("epoch", 0) >= 3 and entry.get("pid"):
-                victim = (int(key), entry["pid"])
-                break
-    assert victim is not None, "no subdomain reached epoch 3"
-    os.kill(victim[1], signal.SIGKILL)
+            if entry.get("status") == "running" and entry.get("epoch", 0) >= min_epoch and entry.get("pid"):
+                os.kill(entry["pid"], signal.SIGKILL)
+                return int(key)
+    raise AssertionError(f"no subdomain reached epoch {min_epoch}")
+
+
+def _run_in_thread(config, out):
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["results"] = run(config, out)
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+def test_killed_worker_is_restarted_from_its_checkpoint(ray_cluster, tmp_path):
+    """SIGKILL a subdomain's worker mid-training: a new worker resumes from the last epoch."""
+    config = count_config(training={"epochs": 12}, resources={"max_retries": 2}, aggregation={"methods": ["average"]})
+    out = tmp_path / "fault"
+    thread, outcome = _run_in_thread(config, out)
+    victim = _kill_a_worker_mid_training(out)
     thread.join(timeout=300)
     results = outcome["results"]
     assert len(results["local"]) == 4
-    resumed = results["local"][victim[0]]
+    resumed = results["local"][victim]
     assert resumed["resumed_from_epoch"] >= 3
     assert resumed["epochs_run"] == 12
+
+
+def test_retries_exhausted_names_the_subdomain_and_keeps_checkpoints(ray_cluster, tmp_path):
+    config = count_config(training={"epochs": 30}, resources={"max_retries": 0}, aggregation={"methods": ["average"]})
+    out = tmp_path / "fatal"
+    thread, outcome = _run_in_thread(config, out)
+    victim = _kill_a_worker_mid_training(out, min_epoch=2)
+    thread.join(timeout=300)
+    err = outcome.get("error")
+    assert err is not None and type(err).__name__ == "SubdomainFailed"
+    assert f"subdomain {victim} failed" in str(err) and "max_retries=0" in str(err) and "--resume" in str(err)
+    assert (out / "state" / f"sub{victim:03d}.ckpt").exists()  # its epochs are not lost
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["phase"] == "failed" and f"subdomain {victim}" in progress["error"]
+
+
+def test_storage_and_dataset_as_uris(ray_cluster, tmp_path):
+    """storage: and dataset.path may be URIs (file:// here; s3:// and gs:// go through the same pyarrow code)."""
+    from ddray.data import generate_count
+
+    x, y = generate_count([16, 16], [2, 2], samples=200, channels=1, seed=1)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    config = count_config(
+        dataset={"source": "npz", "path": (tmp_path / "data.npz").as_uri()},
+        training={"epochs": 2},
+        aggregation={"methods": ["average"]},
+        storage=(tmp_path / "shared").as_uri(),
+    )
+    results = run(config, tmp_path / "uri-run")
+    assert len(results["local"]) == 4
+    assert sorted(p.name for p in (tmp_path / "shared" / "uri-run" / "state").iterdir()) == [f"sub{i:03d}.ckpt" for i in range(4)]
 
 
 def _cli(*args, cwd):

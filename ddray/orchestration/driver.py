@@ -27,7 +27,7 @@ from ddray.orchestration.coarse import run_coarse_step
 from ddray.orchestration.local_phase import LocalTask, run_local_phase
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError, load_local_result, save_local_result
-from ddray.storage import join
+from ddray.storage import is_uri, join, local_copy
 from ddray.training.local import LocalResult, LocalSettings
 
 
@@ -74,7 +74,10 @@ def run(
     started = time.perf_counter()
     console = console or Console(stderr=True)
     run_dir = prepare_run_dir(config, output_dir, resume)
-    dataset = load_dataset(config.dataset, seed=config.seed, grid=config.decomposition.grid, overlap=config.decomposition.overlap)
+    dataset_cfg = config.dataset
+    if dataset_cfg.path and is_uri(dataset_cfg.path):  # s3://, gs://, file://: fetched once by the driver
+        dataset_cfg = dataset_cfg.model_copy(update={"path": str(local_copy(dataset_cfg.path))})
+    dataset = load_dataset(dataset_cfg, seed=config.seed, grid=config.decomposition.grid, overlap=config.decomposition.overlap)
     subdomains = decompose(dataset.spatial_shape, config.decomposition.grid, config.decomposition.overlap)
     run_dir.create()
     if not resume:

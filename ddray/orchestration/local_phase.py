@@ -28,6 +28,7 @@ from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ddray.decomposition import Subdomain
+from ddray.errors import SubdomainFailed
 from ddray.storage import checkpoint_location
 from ddray.training.local import LocalResult, LocalSettings, save_local_model, train_subdomain
 from ddray.training.loop import Callback
@@ -39,10 +40,6 @@ WORKER_LOST = (
     ray.exceptions.NodeDiedError,
     ray.exceptions.ObjectLostError,
 )
-
-
-class SubdomainFailed(RuntimeError):
-    """A subdomain's training failed after all retries; names the subdomain and cause."""
 
 
 class QueueProgress(Callback):
