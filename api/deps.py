@@ -1,4 +1,8 @@
-"""Dependencies of the routes, as ``Annotated`` aliases; tests swap them with ``app.dependency_overrides``."""
+"""Dependencies of the routes, as ``Annotated`` aliases; tests swap them with ``app.dependency_overrides``.
+
+They are ``async`` because they never block: FastAPI would run plain ``def``
+dependencies in its threadpool, a thread hop on every request.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,15 @@ from api.store import JobStore
 bearer_scheme = HTTPBearer(auto_error=False, description="the service's API token (DDRAY_API_TOKEN)")
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_runner(request: Request) -> Runner:
+async def get_runner(request: Request) -> Runner:
     return request.app.state.runner
 
 
@@ -32,7 +36,7 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> None:

@@ -9,6 +9,7 @@ conditional ``UPDATE`` statements.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -109,6 +110,16 @@ class JobStore:
         self.url = url
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        self._generations: dict[str, int] = {}
+        self._gen_lock = threading.Lock()
+
+    def generation(self, job_id: str) -> int:
+        """Bumped by every write of this process to the job: a cheap 'did it change here?' for caches."""
+        return self._generations.get(job_id, 0)
+
+    def _bump(self, job_id: str) -> None:
+        with self._gen_lock:
+            self._generations[job_id] = self._generations.get(job_id, 0) + 1
 
     def close(self) -> None:
         self.engine.dispose()
@@ -131,6 +142,7 @@ class JobStore:
                     cancel_requested=False,
                 )
             )
+        self._bump(job_id)
         found = self.get(job_id)
         assert found is not None
         return found
@@ -185,6 +197,7 @@ class JobStore:
                     .where(jobs.c.id == row.id, jobs.c.status == "queued")
                     .values(status="running", owner=owner, started_at=time.time())
                 )
+            self._bump(row.id)
             if done.rowcount == 1:
                 return self.get(row.id)
         return None
@@ -192,6 +205,7 @@ class JobStore:
     def set_process(self, job_id: str, *, pid: int, job_dir: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(pid=pid, job_dir=job_dir))
+        self._bump(job_id)
 
     def finish(self, job_id: str, status: str, *, error: str | None = None, exit_code: int | None = None) -> bool:
         """Move a running or queued job to a final status; False when it already was final."""
@@ -202,6 +216,7 @@ class JobStore:
                 .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
                 .values(status=status, error=error, exit_code=exit_code, finished_at=time.time())
             )
+        self._bump(job_id)
         return done.rowcount == 1
 
     def request_cancel(self, job_id: str) -> str | None:
@@ -216,4 +231,5 @@ class JobStore:
                 update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running").values(cancel_requested=True)
             )
             row = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+        self._bump(job_id)
         return row.status if row is not None else None

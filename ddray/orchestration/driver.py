@@ -7,6 +7,7 @@ fails in seconds and never half-way through a training.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +34,8 @@ from ddray.training.local import LocalResult, LocalSettings
 
 def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool) -> RunDir:
     """Refuse to overwrite a finished or partial run unless resuming it with the same config."""
-    storage = join(config.storage, Path(output_dir).resolve().name) if config.storage else None
+    base = config.storage or os.environ.get("DDRAY_STORAGE")  # configured once per cluster, e.g. on the head node
+    storage = join(base, Path(output_dir).resolve().name) if base else None
     run_dir = RunDir(Path(output_dir), storage=storage)
     if resume:
         saved = run_dir.read_config()
