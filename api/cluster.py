@@ -43,6 +43,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def nice_prefix(niceness: int) -> list[str]:
+    """``nice -n N`` before a command (workers Ray forks inherit it), or nothing."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(niceness)] if niceness > 0 and nice else []
+
+
 def process_cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -86,6 +92,9 @@ class RayCluster:
 
     @property
     def ready(self) -> bool:
+        if self.status == "running" and self._proc is not None and self._proc.poll() is not None:
+            self.status = "error"
+            self.error = f"the local Ray head exited (code {self._proc.returncode}); see {self.ray_dir / 'head.log'}"
         return self.status in ("running", "external")
 
     @property
@@ -138,6 +147,7 @@ class RayCluster:
         ]
         if self.settings.ray_num_cpus:
             cmd += ["--num-cpus", str(self.settings.ray_num_cpus)]
+        cmd = nice_prefix(self.settings.job_nice) + cmd
         if self.settings.ray_object_store_mb:
             cmd += ["--object-store-memory", str(self.settings.ray_object_store_mb * 1024 * 1024)]
         env = {**os.environ, **self.driver_env(), "RAY_USAGE_STATS_ENABLED": "0"}

@@ -147,3 +147,55 @@ def log_tail(path: Path, lines: int | None) -> str:
         return data
     kept = data.splitlines(keepends=True)[-lines:]
     return "".join(kept)
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class JobViewCache:
+    """Rendered ``GET /jobs/{id}`` bodies, so polling clients cost a dict lookup and a ``stat``.
+
+    An entry is used while (a) this process made no write to the job since,
+    (b) the job's progress.json is unchanged and (c) it is younger than
+    ``ttl_s`` (which bounds staleness for writes by other service instances
+    and for the running clock in ``timings.run_s``).
+    """
+
+    def __init__(self, ttl_s: float = 1.0, size: int = 1024):
+        self.ttl_s = ttl_s
+        self.size = size
+        self._items: OrderedDict[str, tuple[int, Path | None, tuple[int, int] | None, float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, store: Any) -> bytes | None:
+        entry = self._items.get(job_id)
+        if entry is None:
+            return None
+        generation, progress, stamp, made, body = entry
+        if generation != store.generation(job_id) or time.monotonic() - made > self.ttl_s or _stamp(progress) != stamp:
+            return None
+        return body
+
+    def render(self, job_id: str, store: Any, json_cache: JsonFileCache) -> bytes | None:
+        """Blocking (database read): the job's JSON body, cached; None when there is no such job."""
+        generation = store.generation(job_id)  # read first: a write while rendering invalidates the entry
+        record = store.get(job_id)
+        if record is None:
+            return None
+        rd = run_dir(record)
+        progress = rd / "progress.json" if rd is not None else None
+        stamp = _stamp(progress)
+        body = public(record, json_cache).model_dump_json().encode()
+        with self._lock:
+            self._items[job_id] = (generation, progress, stamp, time.monotonic(), body)
+            self._items.move_to_end(job_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return body

@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import IO, Any, Protocol
 
 import yaml
 
-from api.cluster import RayCluster, stop_process_group
+from api.cluster import RayCluster, nice_prefix, stop_process_group
 from api.settings import ServiceSettings
 from api.store import JobRecord, JobStore
 
@@ -105,6 +106,8 @@ class JobRunner:
         self._cluster_task: asyncio.Future | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick_lock = threading.Lock()  # ticks (worker thread) and the final stop never overlap
+        self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -164,9 +167,12 @@ class JobRunner:
             self._wake.clear()
 
     def tick(self) -> None:
-        self._reap()
-        self._cancel_requested()
-        self._dispatch()
+        with self._tick_lock:
+            if self._stopping:
+                return
+            self._reap()
+            self._cancel_requested()
+            self._dispatch()
 
     def _reap(self) -> None:
         for job_id, proc in list(self.procs.items()):
@@ -224,6 +230,7 @@ class JobRunner:
         cmd = [sys.executable, "-m", "ddray", "run", str(paths["config"]), "--output", str(paths["run"])]
         if self.cluster.address:
             cmd += ["--address", self.cluster.address]
+        cmd = nice_prefix(self.settings.job_nice) + cmd
         log_fh = open(paths["log"], "ab")
         try:
             popen = subprocess.Popen(
@@ -257,6 +264,11 @@ class JobRunner:
             log.warning("job %s was running when the service stopped: marked %s", record.id, "failed")
 
     def _stop_all(self) -> None:
+        with self._tick_lock:
+            self._stopping = True
+            self._stop_procs()
+
+    def _stop_procs(self) -> None:
         for proc in self.procs.values():
             try:
                 proc.popen.send_signal(signal.SIGTERM)

@@ -37,6 +37,7 @@ class ServiceSettings(BaseSettings):
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local head (default: all)")
     ray_object_store_mb: int | None = Field(None, ge=80, description="object store of the local head in MiB (default: Ray's)")
     ray_start_timeout_s: float = Field(120.0, gt=0)
+    job_nice: int = Field(5, ge=0, le=19, description="niceness of the local Ray head (so its workers) and of job drivers: the web process keeps priority")
     max_concurrent_jobs: int = Field(1, ge=0, description="jobs running at once; 0 pauses dispatch (jobs stay queued)")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest predict upload (all files together)")

@@ -12,6 +12,11 @@ within 5 % of the unloaded run. Latency is measured per request from send to
 the end of the response on one keep-alive connection; "late" counts requests
 the client could not send on schedule (a sign the client, not the server, fell
 behind).
+
+Wall times are only comparable on an otherwise idle machine; the script also
+reports the CPU the load itself took (server + client) as a share of the
+machine, which is the slowdown to expect for a CPU-bound job and does not
+depend on other processes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -66,6 +73,54 @@ class Conn:
         return json.loads(data)
 
 
+class RawGet:
+    """The load's client: one keep-alive socket, a pre-built request, minimal parsing.
+
+    It keeps the client's own CPU small, since on a 2-core machine every cycle
+    the client spends is taken from the training job too.
+    """
+
+    def __init__(self, port: int, token: str, path: str):
+        self.port = port
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n").encode()
+        self.sock = self._connect()
+        self.buf = b""
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def get(self) -> tuple[int, bytes]:
+        try:
+            self.sock.sendall(self.request)
+            while b"\r\n\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed")
+                self.buf += chunk
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            while len(rest) < length:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed")
+                rest += chunk
+            body, self.buf = rest[:length], rest[length:]
+            return status, body
+        except OSError:
+            self.sock.close()
+            self.sock, self.buf = self._connect(), b""
+            raise
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def wait_running(conn: Conn, job_id: str, timeout: float = 180) -> None:
     """Until the job trains (local_training phase), so the load overlaps the training."""
     deadline = time.monotonic() + timeout
@@ -87,8 +142,16 @@ def wait_final(conn: Conn, job_id: str, timeout: float = 900) -> dict:
     raise TimeoutError(f"job {job_id} did not finish in {timeout:.0f} s")
 
 
-def load(conn: Conn, job_id: str, rate: float, max_requests: int, max_seconds: float) -> dict:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(conn: Conn, job_id: str, rate: float, max_requests: int, max_seconds: float, server_pid: int) -> dict:
     """Open-loop GETs at ``rate``/s until the job ends (checked from the responses) or a bound is hit."""
+    raw = RawGet(conn.port, conn.headers["Authorization"].split(" ", 1)[1], f"/jobs/{job_id}")
+    server_cpu0, client_cpu0 = process_cpu_s(server_pid), time.process_time()
     latencies: list[float] = []
     errors = late = 0
     interval = 1.0 / rate
@@ -104,8 +167,8 @@ def load(conn: Conn, job_id: str, rate: float, max_requests: int, max_seconds: f
             late += 1
         t0 = time.perf_counter()
         try:
-            code, body = conn.request("GET", f"/jobs/{job_id}")
-        except (http.client.HTTPException, OSError):
+            code, body = raw.get()
+        except (ValueError, OSError):
             errors += 1
             i += 1
             continue
@@ -118,8 +181,14 @@ def load(conn: Conn, job_id: str, rate: float, max_requests: int, max_seconds: f
             if status in FINAL:
                 break
     elapsed = time.perf_counter() - start
+    raw.close()
+    server_cpu, client_cpu = process_cpu_s(server_pid) - server_cpu0, time.process_time() - client_cpu0
     ms = [x * 1000 for x in latencies]
     return {
+        "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, i), 3),
+        "client_cpu_ms_per_request": round(1000 * client_cpu / max(1, i), 3),
+        # share of the machine the load took from training: the expected slowdown of a CPU-bound job
+        "cpu_share_pct": round(100 * (server_cpu + client_cpu) / (elapsed * (os.cpu_count() or 1)), 2),
         "requests": i,
         "seconds": round(elapsed, 2),
         "achieved_rate": round(i / elapsed, 1) if elapsed else 0.0,
@@ -136,7 +205,7 @@ def load(conn: Conn, job_id: str, rate: float, max_requests: int, max_seconds: f
 def run_job(conn: Conn, config: dict, name: str, rate: float | None, args: argparse.Namespace) -> dict:
     job_id = conn.json("POST", "/jobs", {"name": name, "config": config})["id"]
     wait_running(conn, job_id)
-    stats = load(conn, job_id, rate, args.max_requests, args.max_seconds) if rate else None
+    stats = load(conn, job_id, rate, args.max_requests, args.max_seconds, args.server_pid) if rate else None
     job = wait_final(conn, job_id)
     if job["status"] != "succeeded":
         raise RuntimeError(f"benchmark job {job_id} {job['status']}: {job.get('error')}")
@@ -169,6 +238,7 @@ def main() -> int:
         (Path(tmp) / "data").mkdir()
         print("starting the service (local Ray head) ...", file=sys.stderr)
         svc.start(timeout=180)
+        args.server_pid = svc.proc.pid
         try:
             conn = Conn(svc.port, svc.token)
             print("warm-up job ...", file=sys.stderr)
@@ -190,6 +260,8 @@ def main() -> int:
         "p50_ms": max(s["p50_ms"] for s in all_stats),
         "p99_ms": max(s["p99_ms"] for s in all_stats),
         "errors": sum(s["errors"] for s in all_stats),
+        "server_cpu_ms_per_request": max(s["server_cpu_ms_per_request"] for s in all_stats),
+        "load_cpu_share_pct": max(s["cpu_share_pct"] for s in all_stats),
         "total_wall_no_load_s": round(statistics.fmean(r["total_wall_s"] for r in base), 2),
         "total_wall_load_s": round(statistics.fmean(r["total_wall_s"] for r in loaded), 2),
     }
@@ -209,6 +281,11 @@ def main() -> int:
         f"\np50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms (target < 20: {'yes' if summary['meets_p99_20ms'] else 'NO'}); "
         f"job wall {summary['total_wall_no_load_s']} s without load, {summary['total_wall_load_s']} s with "
         f"({summary['wall_change_pct']:+.1f} %, target within 5 %: {'yes' if summary['meets_wall_5pct'] else 'NO'})"
+    )
+    print(
+        f"CPU of the load: server {summary['server_cpu_ms_per_request']} ms/request; server + client took "
+        f"{summary['load_cpu_share_pct']} % of the machine's {os.cpu_count()} CPUs while the job trained "
+        f"(the slowdown to expect for a CPU-bound job, whatever else runs on the machine)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))

@@ -209,7 +209,7 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     console.print(table)
     comparison = results.get("comparison") or {}
     if comparison.get("speedup"):
-        console.print(f"decomposed pipeline vs global model: {comparison['speedup']:.2f}x faster training")
+        console.print(f"speed-up of the decomposed pipeline over the global model's training: {comparison['speedup']:.2f}x")
     timings = results.get("timings_s", {})
     if timings:
         console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
@@ -252,11 +252,11 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
             if row.get("speedup_vs_global"):
                 label += f"\n{row['speedup_vs_global']:.2f}x"
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=7)
-        ax.set_ylabel("time to model (s, training only)")
+        ax.set_ylabel("time to model (s)")
         comparison = results.get("comparison") or {}
-        title = "training wall time"
+        title = "training wall time (label: speed-up vs global)"
         if comparison.get("speedup"):
-            title += f" - decomposed pipeline {comparison['speedup']:.2f}x faster than global"
+            title += f"; decomposed pipeline: {comparison['speedup']:.2f}x"
         ax.set_title(title)
         ax.set_ylim(0, max(t_values) * 1.25)
         ax.tick_params(axis="x", rotation=45)

@@ -414,3 +414,35 @@ def test_client_reports_refused_connections_and_bad_tokens(service):
     with pytest.raises(ClientError, match="not found"):
         c.get("0123456789ab")
     assert isinstance(client, httpx.Client)
+
+
+def test_results_and_artifacts_of_a_finished_job(service, tmp_path):
+    client, _, store, _ = service
+    job = store.create(tiny_job())
+    store.claim_next("me")
+    run = tmp_path / "finished" / "run"
+    run.mkdir(parents=True)
+    store.set_process(job.id, pid=1, job_dir=str(run.parent))
+    store.finish(job.id, "succeeded", exit_code=0)
+    (run / "results.json").write_text('{"local": [{"test_accuracy": NaN}], "timings_s": {"total_wall": 3.5}}')
+    (run / "results.csv").write_text("model,acc\n")
+    r = client.get(f"/jobs/{job.id}/results", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"local": [{"test_accuracy": None}], "timings_s": {"total_wall": 3.5}}
+    assert client.get(f"/jobs/{job.id}", headers=AUTH).json()["timings"]["results"] == {"total_wall": 3.5}
+    r = client.get(f"/jobs/{job.id}/artifacts/results.csv", headers=AUTH)
+    assert r.status_code == 200 and r.text == "model,acc\n" and r.headers["content-type"].startswith("text/csv")
+    assert client.get(f"/jobs/{job.id}/artifacts/accuracy.png", headers=AUTH).status_code == 404
+
+
+def test_polling_fast_path_never_skips_the_token_check(service):
+    client, *_ = service
+    job_id = submit(client).json()["id"]
+    first = client.get(f"/jobs/{job_id}", headers=AUTH)
+    assert first.status_code == 200  # the view is cached now
+    assert client.get(f"/jobs/{job_id}").status_code == 401
+    assert client.get(f"/jobs/{job_id}", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    assert client.get(f"/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 401
+    again = client.get(f"/jobs/{job_id}", headers={"Authorization": f"bearer {TOKEN}"})
+    assert again.status_code == 200 and again.json() == first.json()
+    client.post(f"/jobs/{job_id}/cancel", headers=AUTH)  # a write by this process refreshes the view at once
+    assert client.get(f"/jobs/{job_id}", headers=AUTH).json()["status"] == "cancelled"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Path as PathParam, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
@@ -85,9 +86,19 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-def get_job(job_id: JobId, store: StoreDep, request: Request) -> JobPublic:
-    """Status, phase, per-subdomain progress, timings and, on failure, the error."""
-    return files.public(_job(store, job_id), request.app.state.json_cache)
+async def get_job(job_id: JobId, store: StoreDep, request: Request) -> Response:
+    """Status, phase, per-subdomain progress, timings and, on failure, the error.
+
+    Made for polling: the body is cached per job and rebuilt when the job's
+    record or progress snapshot changes (at most about a second old).
+    """
+    views: files.JobViewCache = request.app.state.job_views
+    body = views.get(job_id, store)
+    if body is None:
+        body = await run_in_threadpool(views.render, job_id, store, request.app.state.json_cache)
+    if body is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, responses={**NOT_FOUND, **CONFLICT})
@@ -110,7 +121,7 @@ def get_results(job_id: JobId, store: StoreDep, request: Request) -> JSONRespons
     results = request.app.state.json_cache.read(rd / "results.json") if rd else None
     if results is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no results.json")
-    return JSONResponse(results)
+    return JSONResponse(_finite(results))
 
 
 @router.get(
@@ -163,7 +174,7 @@ async def predict(
 
     folder = Path(tempfile.mkdtemp(prefix="ddray-predict-"))
     try:
-        names = await _save_uploads(files_, folder, settings.max_upload_bytes)
+        names = await run_in_threadpool(_save_uploads, files_, folder, settings.max_upload_bytes)
         model = await run_in_threadpool(request.app.state.models.get, record.id, rd)
         records = await run_in_threadpool(predict_files, model, folder, names)
     except (UploadError, *USER_ERRORS) as err:
@@ -175,7 +186,8 @@ async def predict(
     return PredictionResponse(job_id=record.id, count=len(records), records=records)
 
 
-async def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> list[str]:
+def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> list[str]:
+    """Blocking: copy the (already spooled) uploads under safe names, at most ``limit`` bytes in all."""
     if not uploads:
         raise UploadError("no file uploaded; send one or more files in the 'files' form field")
     names: list[str] = []
@@ -184,11 +196,23 @@ async def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> 
         name = safe_name(upload.filename, i)
         while name in names:
             name = f"{i}_{name}"
+        upload.file.seek(0)
         with open(folder / name, "wb") as out:
-            while chunk := await upload.read(1024 * 1024):
+            while chunk := upload.file.read(1024 * 1024):
                 total += len(chunk)
                 if total > limit:
                     raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"uploads exceed {limit} bytes")
                 out.write(chunk)
         names.append(name)
     return names
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such numbers of a results file are sent as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

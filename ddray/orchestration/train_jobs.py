@@ -53,6 +53,16 @@ class BaselineFailed(RuntimeError):
     """A comparison model's Ray Train job failed; names the models and the cause."""
 
 
+def storage_location(config: RunConfig, run_dir: RunDir, leaf: str) -> str:
+    """Where Ray keeps checkpoints: ``storage`` (a shared folder or a URI such as s3://...) or the run folder.
+
+    Built as a string: a ``Path`` would turn ``s3://bucket`` into ``s3:/bucket``.
+    """
+    if config.storage:
+        return f"{config.storage.rstrip('/')}/{run_dir.root.name}/{leaf}"
+    return str(run_dir.root / leaf)
+
+
 def worker_resources(config: RunConfig) -> tuple[float, float]:
     """(CPUs, GPUs) of one Ray Train worker."""
     res = config.resources
@@ -187,7 +197,7 @@ def run_baselines(
         cpus, gpus = worker_resources(config)
         workers = config.resources.num_workers
         resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-        storage = (run_dir.storage / "baselines") if run_dir.storage else out_dir
+        storage = storage_location(config, run_dir, "baselines")
         name = f"job-{time.strftime('%Y%m%d-%H%M%S')}"
         trainer = TorchTrainer(
             baseline_loop,
@@ -200,7 +210,7 @@ def run_baselines(
                 "cpus": cpus,
             },
             scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
-            run_config=train.RunConfig(name=name, storage_path=str(storage), failure_config=train.FailureConfig(max_failures=0)),
+            run_config=train.RunConfig(name=name, storage_path=storage, failure_config=train.FailureConfig(max_failures=0)),
         )
         started = time.perf_counter()
         try:

@@ -14,9 +14,11 @@ Design
   experiment per subdomain it starts them again for every subdomain, each
   paying process start-up and ``import torch`` (about 3-5 s here), which alone
   is more than the 2 s per trial budget when a subdomain has few samples.
-  Measured on the 2-core machine (8 one-second trials): one experiment 11.9 s,
-  four experiments in threads 14.4 s, four in sequence 36.4 s (see
-  ``benchmarks/bench_tune_overhead.py`` for the full search). One experiment
+  Measured on the 2-core machine, shared with other test runs (8 one-second
+  trials importing torch, 2 at a time, ideal 4 s): one experiment 14.8 s and
+  15.5 s; four experiments in threads (registered trainables) 26.7 s and
+  26.8 s; four in sequence 39.3 s. ``benchmarks/bench_tune_overhead.py``
+  measures the whole search against plain trainings. One experiment
   also avoids running several Tune experiments in one driver at all
   (officially unsupported; threads have crashed in ``tune/registry.py`` and
   cross-fed parameters, ray-project/ray#30091).
@@ -86,6 +88,7 @@ from ray.tune.search.variant_generator import generate_variants
 from ddray.config import RunConfig, TuneConfig
 from ddray.decomposition import Subdomain
 from ddray.orchestration.local_phase import LocalTask, SubdomainFailed
+from ddray.orchestration.train_jobs import storage_location
 from ddray.run_dir import RunDir
 from ddray.training.local import LocalResult, LocalSettings, fingerprint, train_subdomain
 from ddray.training.loop import Callback
@@ -694,8 +697,8 @@ def run_search(
     res = config.resources
     out_dir = run_dir.root / "tune"
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = (run_dir.storage / "tune") if run_dir.storage else out_dir
-    experiment_path = storage / EXPERIMENT
+    storage = storage_location(config, run_dir, "tune")
+    experiment_path = f"{storage}/{EXPERIMENT}"
     metric, selection_metric, mode = _metric_keys(tune_cfg)
     per_subdomain = trials_per_subdomain(tune_cfg)
     best = _read_best(out_dir / BEST_FILE)
@@ -705,12 +708,14 @@ def run_search(
     monitor = None
 
     if tasks:
+        # frequent snapshots are intended (see num_to_keep below); do not warn about them on every epoch
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         total = per_subdomain * len(tasks)
         concurrency = max(1, min(tune_cfg.max_concurrent_trials or slots, total))
         trainable = make_trainable(tasks, data_ref, res.cpus_per_subdomain, res.gpus_per_subdomain)
-        restored = tune.Tuner.can_restore(str(experiment_path))
+        restored = tune.Tuner.can_restore(experiment_path)
         if restored:
-            tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             base_epochs = tasks[0].settings.epochs
             searcher = SubdomainSearcher(
@@ -739,10 +744,12 @@ def run_search(
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT,
-                    storage_path=str(storage),
+                    storage_path=storage,
                     callbacks=[_MonitorCallback()],
                     failure_config=tune.FailureConfig(max_failures=res.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # two per trial: Tune then snapshots its state every second trial checkpoint,
+                    # so a resume redoes at most one epoch and never points at a deleted checkpoint
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=0,
                 ),
             )
@@ -777,13 +784,13 @@ def run_search(
         "max_concurrent_trials": concurrency,
         "trials": counts,
         "failed_trials": failures,
-        "experiment_path": str(experiment_path),
+        "experiment_path": experiment_path,
         "restored": restored,
         "wall_s": round(time.perf_counter() - started, 3),
     }
 
 
-def _finish(monitor: _SearchMonitor, grid, out_dir: Path, experiment_path: Path) -> None:
+def _finish(monitor: _SearchMonitor, grid, out_dir: Path, experiment_path: str) -> None:
     """After ``fit``: stop on interruption, finalise what the callback could not, raise on failures."""
     try:
         grid.get_dataframe().to_csv(out_dir / "trials.csv", index=False)

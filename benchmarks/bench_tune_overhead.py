@@ -1,0 +1,121 @@
+"""Ray Tune's overhead per trial: ddray's per-subdomain search vs the same trainings run back to back.
+
+Runs the same N x S local trainings twice in one invocation (same machine load):
+
+1. serially in this process, plain PyTorch, one thread: exactly the
+   configurations the search will try (the same searcher with the same
+   seed), each trained with ``train_subdomain``;
+2. ddray's ``run_search`` on an embedded Ray with ``--cores`` CPUs (Ray's own
+   start-up is not counted; Tune's, the trial actors' and ``import torch`` in
+   them are), one CPU per trial.
+
+Reported overhead per trial, in slot-seconds::
+
+    (tune_wall * concurrency - serial_wall) / trials,   concurrency = min(cores, trials)
+
+i.e. the time a trial slot spends on anything but training (process start,
+imports, scheduling, per-epoch reports and checkpoints, experiment
+snapshots, fetching the data). Target: under 2 s per trial on a 2-core
+machine. Also printed: the wall-clock view ``tune_wall - serial_wall /
+concurrency`` per trial.
+
+    python benchmarks/bench_tune_overhead.py [--samples-per-subdomain 4] [--epochs 3] [--grid 2 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples-per-subdomain", "-S", type=int, default=4, help="Tune samples per subdomain")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--grid", type=int, nargs="+", default=[2, 2])
+    parser.add_argument("--images", type=int, default=2000, help="synthetic images in the data set")
+    parser.add_argument("--size", type=int, default=32, help="image edge in pixels")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    from ddray.config import parse_config
+    from ddray.data import load_dataset
+    from ddray.decomposition import decompose
+    from ddray.orchestration.driver import dataset_arrays
+    from ddray.orchestration.local_phase import LocalTask
+    from ddray.orchestration.tune_search import SubdomainSearcher, coerce_overrides, run_search, search_space
+    from ddray.run_dir import RunDir
+    from ddray.training.local import LocalSettings, train_subdomain
+
+    config = parse_config(
+        {
+            "dataset": {"source": "synthetic", "kind": "count", "samples": args.images, "size": [args.size] * len(args.grid)},
+            "decomposition": {"grid": args.grid},
+            "local_model": {"name": "small_cnn", "width": args.width},
+            "training": {"epochs": args.epochs, "batch_size": 64},
+            "aggregation": {"methods": ["average"]},
+            "tune": {
+                "num_samples": args.samples_per_subdomain,
+                "search_alg": "random",
+                "space": {"lr": {"loguniform": [0.0003, 0.01]}, "batch_size": {"choice": [32, 64]}},
+            },
+        }
+    )
+    dataset = load_dataset(config.dataset, seed=config.seed, grid=config.decomposition.grid, overlap=0)
+    subs = decompose(dataset.spatial_shape, config.decomposition.grid, 0)
+    arrays = dataset_arrays(dataset)
+    base = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    trials = len(subs) * args.samples_per_subdomain
+
+    # 1. serial: the same configurations the search will draw, back to back in this process
+    searcher = SubdomainSearcher(
+        [s.index for s in subs], search_space(config.tune), num_samples=args.samples_per_subdomain,
+        algorithm="random", metric="selected_val_accuracy", mode="max", seed=config.seed,
+    )
+    torch.set_num_threads(1)
+    suggestions = [searcher.suggest(f"t{i}") for i in range(trials)]
+    t0 = time.perf_counter()
+    for cfg in suggestions:
+        train_subdomain(subs[cfg["subdomain"]], arrays, replace(base, **coerce_overrides(cfg)))
+    serial = time.perf_counter() - t0
+
+    # 2. the Tune search (ray.init not counted; everything after it is)
+    ray.init(address="local", num_cpus=args.cores, include_dashboard=False, logging_level="WARNING")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = RunDir(Path(tmp) / "run")
+        run_dir.create()
+        tasks = [LocalTask(s, base, run_dir.state_file(s.index), str(run_dir.local_model(s.index))) for s in subs]
+        t0 = time.perf_counter()
+        data_ref = ray.put(arrays)
+        summary = run_search(config, run_dir, tasks, data_ref, slots=args.cores, on_event=lambda e: None, on_result=lambda r, w: None)
+        tune_wall = time.perf_counter() - t0
+        import pandas as pd
+
+        frame = pd.read_csv(run_dir.root / "tune" / "trials.csv")
+    ray.shutdown()
+
+    concurrency = min(args.cores, trials)
+    overhead = (tune_wall * concurrency - serial) / trials
+    print(f"subdomains {len(subs)} x samples {args.samples_per_subdomain} = {trials} trials, {args.epochs} epochs, "
+          f"{args.images} images of {args.size}px, width {args.width}, {args.cores} cores")
+    print(f"serial plain PyTorch     : {serial:8.1f} s  ({serial / trials:.2f} s per training)")
+    print(f"Tune search              : {tune_wall:8.1f} s  (concurrency {concurrency}; ideal {serial / concurrency:.1f} s)")
+    print(f"Tune overhead per trial  : {overhead:8.2f} s  slot-seconds  (target < 2 s)")
+    print(f"wall-clock view per trial: {(tune_wall - serial / concurrency) / trials:8.2f} s")
+    inside = frame.time_total_s.sum()
+    print(f"time inside trials       : {inside:8.1f} s  ({(inside - serial) / trials:.2f} s per trial more than serial: "
+          f"reports, checkpoints, data slicing)")
+    print(f"trial processes          : {frame.pid.nunique()} for {len(frame)} trials (actor reuse)")
+    print(f"trial statuses           : {summary['trials']}")
+
+
+if __name__ == "__main__":
+    main()
