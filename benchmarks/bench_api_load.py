@@ -57,14 +57,17 @@ class Conn:
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         payload = json.dumps(body).encode() if body is not None else None
-        try:
-            self.conn.request(method, path, body=payload, headers=self.headers)
-            resp = self.conn.getresponse()
-            return resp.status, resp.read()
-        except (http.client.HTTPException, OSError):
-            self.conn.close()
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            raise
+        for attempt in (1, 2):  # the server closes idle keep-alive connections: reconnect once
+            try:
+                self.conn.request(method, path, body=payload, headers=self.headers)
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def json(self, method: str, path: str, body: dict | None = None) -> dict:
         status, data = self.request(method, path, body)

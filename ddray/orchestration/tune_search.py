@@ -74,7 +74,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -319,6 +319,7 @@ class _TuneReporter(Callback):
         self.subdomain, self.epochs, self.fp, self.workdir, self.node_id = subdomain, epochs, data_fingerprint, workdir, node_id
         self.best_epoch, self.best_acc, self.best_loss = 0, float("nan"), float("nan")
         self.resumed_from_epoch = 0
+        self.report_seconds = 0.0  # time spent handing results and checkpoints to Tune
 
     def track(self, metrics: Mapping[str, float]) -> None:
         """Same rule as ``fit``'s keep_best: first epoch, then strictly better validation accuracy."""
@@ -344,7 +345,9 @@ class _TuneReporter(Callback):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: Any) -> None:
         self.track(metrics)
         if epoch < self.epochs:  # the last epoch goes out with the finished artifacts
+            t0 = time.perf_counter()
             tune.report(self.metrics(metrics), checkpoint=tune.Checkpoint.from_directory(str(self.workdir)))
+            self.report_seconds += time.perf_counter() - t0
 
 
 def _skipped_report(subdomain: int) -> dict[str, Any]:
@@ -393,10 +396,11 @@ def subdomain_trial(
                 reporter.resumed_from_epoch = int(m["epoch"])
         result = train_subdomain(sub, data, settings, checkpoint_path=state, model_path=workdir / MODEL_FILE, callbacks=[reporter])
         np.savez(workdir / PROBS_FILE, **result.probabilities)
-        summary = {k: v for k, v in asdict(result).items() if k not in ("probabilities", "model_state")}
+        summary = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("probabilities", "model_state")}
         (workdir / RESULT_FILE).write_text(json.dumps(summary, default=float))
         final = reporter.metrics(result.history[-1])
-        final.update(final=1, selected_val_accuracy=float(result.val_accuracy), selected_epoch=result.best_epoch,
+        final.update(final=1, train_seconds=float(result.train_seconds), report_seconds=reporter.report_seconds,
+                     selected_val_accuracy=float(result.val_accuracy), selected_epoch=result.best_epoch,
                      selected_val_loss=float(result.history[result.best_epoch - 1]["val_loss"]))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(workdir)))
     finally:
@@ -593,11 +597,14 @@ class _SearchMonitor:
         _write_best(self.out_dir / BEST_FILE, self.best, self.selection_metric)
         where = {"node_id": best.metrics.get("node_id"), "trial_id": best.trial_id, "tune_config": best.config}
         self.on_result(result, where)
-        self.on_event({"subdomain": index, "status": "done", "test_accuracy": result.test_accuracy,
-                       "trial": best.trial_id, "trials_done": len(records)})
+        self.on_event({"subdomain": index, "status": "done", "test_accuracy": result.test_accuracy, "trial": best.trial_id,
+                       "trials_done": len(records), "trials_failed": sum(r.status == "failed" for r in records)})
 
 
 _ACTIVE = threading.local()
+# One search at a time per driver process: Tune's trainable registry is process-global and not
+# thread-safe (ray-project/ray#30091). Separate processes (the REST service's jobs) are separate drivers.
+_ONE_SEARCH = threading.Lock()
 
 
 @contextmanager
@@ -694,81 +701,16 @@ def run_search(
     tune_cfg = config.tune
     if tune_cfg is None:
         raise ValueError("run_search needs a tune: section in the config")
-    res = config.resources
     out_dir = run_dir.root / "tune"
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage_location(config, run_dir, "tune")
-    experiment_path = f"{storage}/{EXPERIMENT}"
-    metric, selection_metric, mode = _metric_keys(tune_cfg)
-    per_subdomain = trials_per_subdomain(tune_cfg)
-    best = _read_best(out_dir / BEST_FILE)
+    experiment_path = f"{storage_location(config, run_dir, 'tune')}/{EXPERIMENT}"
+    metric, _, mode = _metric_keys(tune_cfg)
+    best = _read_best(out_dir / BEST_FILE)  # subdomains finished in earlier sessions
     started = time.perf_counter()
-    restored = False
-    concurrency = 0
-    monitor = None
-
+    restored, concurrency, monitor = False, 0, None
     if tasks:
-        # frequent snapshots are intended (see num_to_keep below); do not warn about them on every epoch
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        total = per_subdomain * len(tasks)
-        concurrency = max(1, min(tune_cfg.max_concurrent_trials or slots, total))
-        trainable = make_trainable(tasks, data_ref, res.cpus_per_subdomain, res.gpus_per_subdomain)
-        restored = tune.Tuner.can_restore(experiment_path)
-        if restored:
-            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            base_epochs = tasks[0].settings.epochs
-            searcher = SubdomainSearcher(
-                [t.sub.index for t in tasks],
-                search_space(tune_cfg),
-                num_samples=tune_cfg.num_samples,
-                algorithm=tune_cfg.search_alg,
-                metric=selection_metric,
-                mode=mode,
-                seed=config.seed,
-            )
-            scheduler = None
-            if tune_cfg.scheduler == "asha":
-                scheduler = PerSubdomainScheduler(
-                    metric=metric, mode=mode, max_t=max_epochs(tune_cfg, base_epochs), grace_period=tune_cfg.grace_period
-                )
-            tuner = tune.Tuner(
-                trainable,
-                param_space={},
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    scheduler=scheduler,
-                    num_samples=total,
-                    max_concurrent_trials=concurrency,
-                    reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=EXPERIMENT,
-                    storage_path=storage,
-                    callbacks=[_MonitorCallback()],
-                    failure_config=tune.FailureConfig(max_failures=res.max_retries),
-                    # two per trial: Tune then snapshots its state every second trial checkpoint,
-                    # so a resume redoes at most one epoch and never points at a deleted checkpoint
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    verbose=0,
-                ),
-            )
-        monitor = _SearchMonitor(
-            tasks={t.sub.index: t for t in tasks},
-            per_subdomain=per_subdomain,
-            selection_metric=selection_metric,
-            mode=mode,
-            asha=tune_cfg.scheduler == "asha",
-            out_dir=out_dir,
-            on_event=on_event,
-            on_result=on_result,
-            best=best,
-        )
-        with _monitoring(monitor):
-            grid = tuner.fit()
-        _finish(monitor, grid, out_dir, experiment_path)
-
-    failures = monitor.failures if monitor else []
+        with _ONE_SEARCH:
+            restored, concurrency, monitor = _search(config, run_dir, tasks, data_ref, slots, on_event, on_result, best)
     counts: dict[str, int] = {}
     for records in (monitor.records.values() if monitor else []):
         for r in records:
@@ -780,14 +722,92 @@ def run_search(
         "search_alg": tune_cfg.search_alg,
         "scheduler": tune_cfg.scheduler,
         "num_samples": tune_cfg.num_samples,
-        "trials_per_subdomain": per_subdomain,
+        "trials_per_subdomain": trials_per_subdomain(tune_cfg),
         "max_concurrent_trials": concurrency,
         "trials": counts,
-        "failed_trials": failures,
+        "failed_trials": monitor.failures if monitor else [],
         "experiment_path": experiment_path,
         "restored": restored,
         "wall_s": round(time.perf_counter() - started, 3),
     }
+
+
+def _search(
+    config: RunConfig,
+    run_dir: RunDir,
+    tasks: list[LocalTask],
+    data_ref: ray.ObjectRef,
+    slots: int,
+    on_event: Callable[[dict], None],
+    on_result: Callable[[LocalResult, dict], None],
+    best: dict[int, dict],
+) -> tuple[bool, int, _SearchMonitor]:
+    """Build or restore the experiment, run it, finalise every subdomain; (restored, concurrency, monitor)."""
+    tune_cfg, res = config.tune, config.resources
+    out_dir = run_dir.root / "tune"
+    storage = storage_location(config, run_dir, "tune")
+    experiment_path = f"{storage}/{EXPERIMENT}"
+    metric, selection_metric, mode = _metric_keys(tune_cfg)
+    per_subdomain = trials_per_subdomain(tune_cfg)
+    # frequent snapshots are intended (see num_to_keep below); do not warn about them on every epoch
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    total = per_subdomain * len(tasks)
+    concurrency = max(1, min(tune_cfg.max_concurrent_trials or slots, total))
+    trainable = make_trainable(tasks, data_ref, res.cpus_per_subdomain, res.gpus_per_subdomain)
+    restored = tune.Tuner.can_restore(experiment_path)
+    if restored:
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        searcher = SubdomainSearcher(
+            [t.sub.index for t in tasks],
+            search_space(tune_cfg),
+            num_samples=tune_cfg.num_samples,
+            algorithm=tune_cfg.search_alg,
+            metric=selection_metric,
+            mode=mode,
+            seed=config.seed,
+        )
+        scheduler = None
+        if tune_cfg.scheduler == "asha":
+            scheduler = PerSubdomainScheduler(
+                metric=metric, mode=mode, max_t=max_epochs(tune_cfg, tasks[0].settings.epochs), grace_period=tune_cfg.grace_period
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=total,
+                max_concurrent_trials=concurrency,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                storage_path=storage,
+                callbacks=[_MonitorCallback()],
+                failure_config=tune.FailureConfig(max_failures=res.max_retries),
+                # two per trial: Tune then snapshots its state every second trial checkpoint,
+                # so a resume redoes at most one epoch and never points at a deleted checkpoint
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=0,
+            ),
+        )
+    monitor = _SearchMonitor(
+        tasks={t.sub.index: t for t in tasks},
+        per_subdomain=per_subdomain,
+        selection_metric=selection_metric,
+        mode=mode,
+        asha=tune_cfg.scheduler == "asha",
+        out_dir=out_dir,
+        on_event=on_event,
+        on_result=on_result,
+        best=best,
+    )
+    with _monitoring(monitor):
+        grid = tuner.fit()
+    _finish(monitor, grid, out_dir, experiment_path)
+    return restored, concurrency, monitor
 
 
 def _finish(monitor: _SearchMonitor, grid, out_dir: Path, experiment_path: str) -> None:
