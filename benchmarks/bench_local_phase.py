@@ -69,7 +69,7 @@ def main() -> None:
     serial_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     # 2. ddray's local phase on an embedded Ray (start-up of Ray itself not counted; actor start-up is)
-    ray.init(num_cpus=args.cores, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=args.cores, include_dashboard=False, logging_level="WARNING")
     wheres: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tasks = [LocalTask(s, settings, str(Path(tmp) / f"{s.index}.ckpt"), str(Path(tmp) / f"{s.index}.pt")) for s in subs]

@@ -41,7 +41,7 @@ def main() -> None:
     from ddray.orchestration.local_phase import LocalTask, SubdomainWorker, run_local_phase
     from ddray.training.local import LocalSettings
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
     idle = SubdomainWorker.options(num_cpus=args.cpus).remote(args.cpus)
     idle_private = ray.get(idle.where.remote())["private_mb"]
     ray.kill(idle)

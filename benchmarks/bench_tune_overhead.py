@@ -22,9 +22,13 @@ parallel side also pays for sharing the cores: ``--cores 1`` runs the search
 one trial at a time and isolates Tune's own cost. Also printed: the
 wall-clock view ``tune_wall - serial_wall / concurrency`` per trial.
 
-Measured on the shared 2-core machine (load average 3-4.5 from other test
-runs), 4 subdomains, 3 epochs: 16 trials 1.7-2.9 s; 32 trials (``-S 8``)
-1.4 s; 16 trials with ``--cores 1`` 0.5-0.6 s per trial.
+Measured on the 2-core machine shared with other test runs (load average
+3-4.5), 4 subdomains, 3 epochs of ~0.35 s: 16 trials 0.64 s per trial when
+the other load was light, 1.4-2.9 s during bursts of it (then almost all of
+it "inside the trials": the two trainings slowed down by foreign processes,
+reporting itself is 0.03-0.06 s per trial); 32 trials (``-S 8``) 0.54 and
+1.44 s; 16 trials with ``--cores 1`` 0.52-0.57 s. Start-up is paid once per
+trial slot (actor reuse), so it shrinks per trial as trials are added.
 
     python benchmarks/bench_tune_overhead.py [--samples-per-subdomain 4] [--epochs 3] [--grid 2 2]
 """

@@ -29,6 +29,7 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",
             num_cpus=2,
             num_gpus=1,
             include_dashboard=False,

@@ -93,7 +93,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+        # address="local": always a new embedded Ray, never a stray cluster left on this machine
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
     try:
         yield
     finally:
