@@ -28,6 +28,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_local_phase.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -66,15 +66,17 @@ def main() -> None:
                 subs = json.loads((out / "run" / "progress.json").read_text())["subdomains"]
             except (FileNotFoundError, json.JSONDecodeError, KeyError):
                 continue
-            for entry in subs.values():
+            for key, entry in subs.items():
                 if entry.get("status") == "running" and entry.get("epoch", 0) >= 2 and entry.get("node_id") in report["workers"]:
-                    victim = entry["node_id"]
+                    victim = (int(key), entry["node_id"], entry["pid"])
                     break
         if victim is None:
             raise SystemExit("no subdomain reached epoch 2 on a worker node")
-        node = next(w for w in workers if w.node_id == victim)
+        subdomain, node_id, pid = victim
+        node = next(w for w in workers if w.node_id == node_id)
+        os.kill(pid, 9)  # the node's processes die with it (a worker would otherwise outlive its raylet briefly)
         cluster.remove_node(node, allow_graceful=False)
-        report["killed_node"] = victim
+        report["killed_node"], report["victim_subdomain"] = node_id, subdomain
         thread.join(timeout=400)
         results = outcome["results"]
 
