@@ -113,6 +113,8 @@ def public(record: JobRecord, cache: JsonFileCache) -> JobPublic:
                 phases[name] = round(info["started"] - started, 3)
     elif record.status == "running":
         phase = "starting"
+    if record.status == "cancelled":
+        phase = "cancelled"
     now = time.time()
     timings = Timings(
         queued_s=round((record.started_at or record.finished_at or now) - record.created_at, 3),

@@ -58,7 +58,7 @@ class JobSummary(BaseModel):
 
 class JobPublic(JobSummary):
     phase: str | None = Field(
-        None, description="starting, loading, local_training, search, aggregation, baselines, done or failed"
+        None, description="starting, loading, local_training, search, aggregation, baselines, done, failed or cancelled"
     )
     cancel_requested: bool = False
     subdomains: list[SubdomainProgress] = Field(default_factory=list)

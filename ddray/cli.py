@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -101,6 +102,10 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 HANDLERS = {"run": _run, "demo": _demo, "predict": _predict, "validate": _validate}
 
 
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
+    if args.command in ("run", "demo"):
+        signal.signal(signal.SIGTERM, _interrupt)  # a stopped job ends like Ctrl-C: cleanly, resumable
     handler = HANDLERS.get(args.command) or args.handler
     try:
         return handler(args, console)

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-PHASES = ("loading", "local_training", "search", "aggregation", "baselines", "done", "failed")
+PHASES = ("loading", "local_training", "search", "aggregation", "baselines", "done", "failed", "cancelled")
 
 
 class ProgressTracker:
@@ -49,7 +49,7 @@ class ProgressTracker:
             self._start_bars()
         else:
             self._stop_bars()
-        if name not in ("done", "loading"):
+        if name not in ("done", "loading", "cancelled"):
             self.console.print(f"[bold]ddray[/]: {name.replace('_', ' ')}" + (f" ({info})" if info else ""))
         self._write(force=True)
 

@@ -67,7 +67,8 @@ def main() -> None:
             except (FileNotFoundError, json.JSONDecodeError, KeyError):
                 continue
             for key, entry in subs.items():
-                if entry.get("status") == "running" and entry.get("epoch", 0) >= 2 and entry.get("node_id") in report["workers"]:
+                early = 2 <= entry.get("epoch", 0) <= entry.get("epochs", 0) // 2  # the worker cannot have moved on yet
+                if entry.get("status") == "running" and early and entry.get("node_id") in report["workers"]:
                     victim = (int(key), entry["node_id"], entry["pid"])
                     break
         if victim is None:

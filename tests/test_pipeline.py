@@ -165,7 +165,8 @@ def _kill_a_worker_mid_training(out: Path, min_epoch: int = 3) -> int:
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             continue
         for key, entry in subs.items():
-            if entry.get("status") == "running" and entry.get("epoch", 0) >= min_epoch and entry.get("pid"):
+            # well before its last epoch, so the worker cannot have moved on to another subdomain
+            if entry.get("status") == "running" and min_epoch <= entry.get("epoch", 0) <= entry.get("epochs", 0) // 2 and entry.get("pid"):
                 os.kill(entry["pid"], signal.SIGKILL)
                 return int(key)
     raise AssertionError(f"no subdomain reached epoch {min_epoch}")
@@ -187,7 +188,7 @@ def _run_in_thread(config, out):
 
 def test_killed_worker_is_restarted_from_its_checkpoint(ray_cluster, tmp_path):
     """SIGKILL a subdomain's worker mid-training: a new worker resumes from the last epoch."""
-    config = count_config(training={"epochs": 12}, resources={"max_retries": 2}, aggregation={"methods": ["average"]})
+    config = count_config(training={"epochs": 40}, resources={"max_retries": 2}, aggregation={"methods": ["average"]})
     out = tmp_path / "fault"
     thread, outcome = _run_in_thread(config, out)
     victim = _kill_a_worker_mid_training(out)
@@ -196,11 +197,11 @@ def test_killed_worker_is_restarted_from_its_checkpoint(ray_cluster, tmp_path):
     assert len(results["local"]) == 4
     resumed = results["local"][victim]
     assert resumed["resumed_from_epoch"] >= 3
-    assert resumed["epochs_run"] == 12
+    assert resumed["epochs_run"] == 40
 
 
 def test_retries_exhausted_names_the_subdomain_and_keeps_checkpoints(ray_cluster, tmp_path):
-    config = count_config(training={"epochs": 30}, resources={"max_retries": 0}, aggregation={"methods": ["average"]})
+    config = count_config(training={"epochs": 40}, resources={"max_retries": 0}, aggregation={"methods": ["average"]})
     out = tmp_path / "fatal"
     thread, outcome = _run_in_thread(config, out)
     victim = _kill_a_worker_mid_training(out, min_epoch=2)
@@ -254,3 +255,31 @@ def test_cli_bad_data_file_names_the_file_before_any_worker(tmp_path):
     assert "data.npz" in proc.stderr and "NaN" in proc.stderr
     assert not (tmp_path / "out").exists()
     assert time.perf_counter() - t0 < 60
+
+
+def test_sigterm_stops_a_cli_run_cleanly_keeping_its_work(tmp_path):
+    """`ddray cancel` and schedulers send SIGTERM: the run ends "cancelled" and keeps its work for --resume."""
+    (tmp_path / "cfg.yaml").write_text(
+        "dataset: {source: synthetic, kind: count, samples: 240, size: [16, 16]}\n"
+        "decomposition: {grid: [2, 1]}\n"
+        "local_model: {name: small_cnn, width: 0.25}\n"
+        "training: {epochs: 40, batch_size: 32}\n"
+        "aggregation: {methods: [average]}\n"
+    )
+    env = {**os.environ, "DDRAY_PLAIN_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ddray", "run", "cfg.yaml", "--output", "out", "--num-cpus", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            subs = json.loads((tmp_path / "out" / "progress.json").read_text())["subdomains"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            continue
+        if any(entry.get("epoch", 0) >= 2 for entry in subs.values()):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert progress["phase"] == "cancelled" and "--resume" in progress["error"]
+    assert any((tmp_path / "out" / "state").iterdir())  # epochs trained so far are kept

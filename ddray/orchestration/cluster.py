@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -90,11 +92,14 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, **kwargs)
     else:
         # address="local": always a new embedded Ray, never a stray cluster left on this machine
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+    if callable(previous_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous_sigterm)  # ray.init replaces it with a bare sys.exit
     try:
         yield
     finally:

@@ -95,6 +95,9 @@ def run(
     try:
         with ray_session(address, num_cpus=num_cpus):
             results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ddray cancel` (the CLI turns it into this)
+        tracker.close("cancelled", error="interrupted; finished subdomains are kept, continue with ddray run --resume")
+        raise
     except BaseException as err:
         tracker.close("failed", error=str(err) or type(err).__name__)
         raise
