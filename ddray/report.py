@@ -237,7 +237,8 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test accuracy")
     grid = results.get("config", {}).get("decomposition", {}).get("grid")
-    ax.set_title(f"local CNNs vs aggregated decision vs baselines (grid {grid})")
+    suffix = " vs baselines" if results.get("baselines") else ""
+    ax.set_title(f"local CNNs vs aggregated decision{suffix} (grid {grid})")
     ax.tick_params(axis="x", rotation=45)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in colors.items() if any(r["kind"] == k for r in rows)]
     labels = [k for k in colors if any(r["kind"] == k for r in rows)]
