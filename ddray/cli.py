@@ -110,7 +110,7 @@ HANDLERS = {"run": _run, "demo": _demo, "predict": _predict, "validate": _valida
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddray.errors import USER_ERRORS, SubdomainFailed
+    from ddray.errors import USER_ERRORS, JobFailed
 
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         console.print(f"[red]error[/]: {err}", highlight=False)
         return EXIT_BAD_INPUT
-    except SubdomainFailed as err:
+    except JobFailed as err:
         console.print(f"[red]failed[/]: {err}", highlight=False)
         return 1
     except KeyboardInterrupt:

@@ -13,8 +13,16 @@ class ResourceError(RuntimeError):
     """The Ray cluster can never satisfy the requested per-subdomain resources."""
 
 
-class SubdomainFailed(RuntimeError):
+class JobFailed(RuntimeError):
+    """Training failed after the input was accepted (CLI exit code 1); the message names what and why."""
+
+
+class SubdomainFailed(JobFailed):
     """A subdomain's training failed after all retries; the message names the subdomain and cause."""
+
+
+class BaselineFailed(JobFailed):
+    """A comparison model's Ray Train job failed; names the models and the cause."""
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

@@ -6,6 +6,7 @@
     RUN/preprocessing.json      how raw inputs were resized/normalised (for predict)
     RUN/subdomains.json         the decomposition: bounds of every subdomain
     RUN/progress.json           live snapshot (phase, per-subdomain epoch/metrics)
+    RUN/timings.json            local phase wall time so far (a resumed run adds to it)
     RUN/results.json            final results
     RUN/results.md, results.csv, accuracy.png
     RUN/checkpoints/local/subNNN.pt   selected weights of each local CNN
@@ -52,6 +53,10 @@ class RunDir:
     @property
     def progress(self) -> Path:
         return self.root / "progress.json"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
 
     @property
     def results(self) -> Path:

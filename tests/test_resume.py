@@ -55,6 +55,8 @@ def test_interrupted_search_resumes_without_retraining_finished_subdomains(ray_c
     assert not (out / "results.json").exists()
     done_before = {p.name: p.stat().st_mtime_ns for p in [out / "local" / "sub000.npz", out / "checkpoints" / "local" / "sub000.pt"]}
     first_best = json.loads((out / "tune" / "best_configs.json").read_text())["best"]
+    wall_before = json.loads((out / "timings.json").read_text())["local_wall"]  # up to subdomain 0's end
+    assert wall_before > 0
     assert [e["subdomain"] for e in first_best] == [0]
 
     events = []
@@ -77,4 +79,5 @@ def test_interrupted_search_resumes_without_retraining_finished_subdomains(ray_c
     assert trials.resumed_from_epoch.max() >= 1
     assert [e["subdomain"] for e in results["tune"]["best"]] == [0, 1]
     assert results["tune"]["best"][0] == first_best[0]
+    assert results["timings_s"]["local_wall"] > wall_before  # earlier sessions' time is counted, not lost
     assert json.loads((out / "results.json").read_text())["aggregation"]["average"]["test_accuracy"] >= 0.0

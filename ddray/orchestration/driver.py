@@ -7,6 +7,7 @@ fails in seconds and never half-way through a training.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -36,7 +37,7 @@ def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool) -> 
     """Refuse to overwrite a finished or partial run unless resuming it with the same config."""
     base = config.storage or os.environ.get("DDRAY_STORAGE")  # configured once per cluster, e.g. on the head node
     storage = join(base, Path(output_dir).resolve().name) if base else None
-    run_dir = RunDir(Path(output_dir), storage=storage)
+    run_dir = RunDir(Path(output_dir).resolve(), storage=storage)  # absolute: Ray Train/Tune need it
     if resume:
         saved = run_dir.read_config()
         if saved.model_dump() != config.model_dump():
@@ -128,12 +129,22 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
     todo = [s for s in subdomains if s.index not in finished]
     tracker.phase("local_training", subdomains=len(subdomains), to_train=len(todo), workers=min(slots, max(1, len(todo))))
 
+    # a resumed run adds the local-phase time of earlier sessions (up to their last finished
+    # subdomain), so its speed-ups stay honest
+    earlier = json.loads(run_dir.timings.read_text()).get("local_wall", 0.0) if run_dir.timings.exists() else 0.0
+
+    def record_local_wall() -> float:
+        wall = earlier + time.perf_counter() - local_started
+        report.write_json(run_dir.timings, {"local_wall": wall})
+        return wall
+
     def keep(result: LocalResult, where: dict) -> None:
         summary = {**result.summary(), "node_id": where.get("node_id"), "bounds": subdomains[result.subdomain].bounds}
         if "trial_id" in where:  # chosen by the Tune search
             summary.update(trial_id=where["trial_id"], tune_config=where.get("tune_config"))
         save_local_result(run_dir.local_result(result.subdomain), result.probabilities, summary)
         finished[result.subdomain] = (result.probabilities, summary)
+        record_local_wall()
 
     tasks = [
         LocalTask(sub, settings, run_dir.state_file(sub.index), str(run_dir.local_model(sub.index)))
@@ -156,7 +167,7 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
             on_event=tracker.update,
             on_result=keep,
         )
-    local_wall = time.perf_counter() - local_started
+    local_wall = record_local_wall()
 
     tracker.phase("aggregation", methods=config.aggregation.methods)
     agg_started = time.perf_counter()

@@ -42,15 +42,11 @@ import torch
 from ddray.config import RunConfig
 from ddray.data import Dataset
 from ddray.decomposition import Subdomain
-from ddray.errors import ResourceError
+from ddray.errors import BaselineFailed, ResourceError
 from ddray.orchestration.cluster import alive_nodes, slots_per_node
 from ddray.run_dir import RunDir
 from ddray.training.baselines import BASELINE_NAMES, BaselineSettings, TransferStart
 from ddray.training.local import LocalSettings
-
-
-class BaselineFailed(RuntimeError):
-    """A comparison model's Ray Train job failed; names the models and the cause."""
 
 
 def storage_location(config: RunConfig, run_dir: RunDir, leaf: str) -> str:
