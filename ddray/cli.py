@@ -14,7 +14,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", help="output folder (default: runs/<config name>)")
+    p.add_argument("--output", "-o", help="output folder (default: runs/<config name>, or runs/<config name>-N if taken)")
     p.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: embedded local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
 
@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fresh_output(base: Path) -> Path:
+    """The default output folder: ``base``, or ``base-2``, ``base-3``... so a rerun never collides."""
+    candidate, n = base, 1
+    while (candidate / "config.yaml").exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from ddray.config import load_config
     from ddray.orchestration.driver import run
@@ -59,7 +68,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         output = Path(args.resume)
     elif args.config:
         config = load_config(args.config)
-        output = Path(args.output or Path("runs") / Path(args.config).stem)
+        output = Path(args.output) if args.output else fresh_output(Path("runs") / Path(args.config).stem)
     else:
         console.print("[red]error[/]: give a CONFIG file or --resume RUN_DIR")
         return EXIT_BAD_INPUT
@@ -71,7 +80,8 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     from ddray.orchestration.driver import run
     from ddray.presets import demo_config
 
-    run(demo_config(), Path(args.output or "runs/demo"), address=args.address, num_cpus=args.num_cpus)
+    output = Path(args.output) if args.output else fresh_output(Path("runs") / "demo")
+    run(demo_config(), output, address=args.address, num_cpus=args.num_cpus)
     return 0
 
 
