@@ -50,7 +50,17 @@ def main() -> None:
     ray.init(address=cluster.address, logging_level="WARNING")
     head_id = ray.get_runtime_context().get_node_id()
     report: dict = {"head": head_id, "workers": [w.node_id for w in workers]}
-    cfg = parse_config(config(out, epochs=3 if scenario == "spread" else 10))
+    try:
+        run_scenario(scenario, out, cluster, workers, report)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print("SCENARIO-RESULT " + json.dumps(report))
+
+
+def run_scenario(scenario: str, out: Path, cluster: Cluster, workers: list, report: dict) -> None:
+    # node-loss: long enough that the kill lands mid-training however fast the machine is
+    cfg = parse_config(config(out, epochs=3 if scenario == "spread" else 30))
 
     if scenario == "spread":
         results = run(cfg, out / "run")
@@ -60,7 +70,7 @@ def main() -> None:
         thread.start()
         victim = None
         deadline = time.time() + 240
-        while victim is None and time.time() < deadline:
+        while victim is None and time.time() < deadline and thread.is_alive():
             time.sleep(0.2)
             try:
                 subs = json.loads((out / "run" / "progress.json").read_text())["subdomains"]
@@ -72,7 +82,8 @@ def main() -> None:
                     victim = (int(key), entry["node_id"], entry["pid"])
                     break
         if victim is None:
-            raise SystemExit("no subdomain reached epoch 2 on a worker node")
+            thread.join()
+            raise SystemExit("no subdomain was caught between epochs 2 and 15 on a worker node")
         subdomain, node_id, pid = victim
         node = next(w for w in workers if w.node_id == node_id)
         os.kill(pid, 9)  # the node's processes die with it (a worker would otherwise outlive its raylet briefly)
@@ -84,9 +95,6 @@ def main() -> None:
     report["local"] = results["local"]
     report["aggregation"] = results["aggregation"]
     report["state_files"] = sorted(p.name for p in (out / "shared").rglob("*.ckpt"))
-    ray.shutdown()
-    cluster.shutdown()
-    print("SCENARIO-RESULT " + json.dumps(report))
 
 
 if __name__ == "__main__":
