@@ -87,9 +87,10 @@ def run(
         run_dir.write_config(config)
     report.write_json(run_dir.preprocessing, dataset.preprocessing.to_dict())
     report.write_json(run_dir.subdomains, [asdict(s) for s in subdomains])
+    sizes = dataset.summary()
     console.print(
-        f"[bold]ddray[/]: {dataset.summary()['train']} train / {dataset.summary()['val']} val / "
-        f"{dataset.summary()['test']} test samples, shape {list(dataset.spatial_shape)}, "
+        f"[bold]ddray[/]: {sizes['train']} train / {sizes['val']} val / "
+        f"{sizes['test']} test samples, shape {list(dataset.spatial_shape)}, "
         f"{dataset.num_classes} classes; {len(subdomains)} subdomains of grid {config.decomposition.grid}"
     )
     tracker = ProgressTracker(run_dir.progress, len(subdomains), console)
@@ -191,7 +192,7 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
         "aggregation": aggregation,
         **extra,
         "timings_s": timings,
-        "dataset": {**dataset.summary(), "class_names": dataset.class_names},
+        "dataset": dataset.summary(),  # includes class_names, which predict reads
         "decomposition": {"grid": config.decomposition.grid, "overlap": config.decomposition.overlap, "subdomains": len(subdomains)},
         "config": config.model_dump(mode="json"),
         "versions": report.library_versions(),
