@@ -1,4 +1,4 @@
-"""``ddray serve`` and the client commands ``submit``, ``status``, ``cancel``, ``results``, ``logs``.
+"""``ddray serve`` and the client commands ``submit``, ``status``, ``cancel``, ``results``, ``logs``, ``download``.
 
 The client commands read the service URL and token from ``--url``/``--token``
 or ``DDRAY_URL``/``DDRAY_API_TOKEN``.
@@ -27,10 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="bearer token (prefer the DDRAY_API_TOKEN environment variable)")
     p.add_argument("--dev", action="store_true", default=None, help="development: make a random token if none is set")
-    p.add_argument("--data-roots", help="colon-separated folders configs may read data from (DDRAY_DATA_ROOTS)")
+    p.add_argument("--data-roots", help="colon-separated folders or URI prefixes configs may read data from (DDRAY_DATA_ROOTS)")
+    p.add_argument("--storage", help="default storage of jobs, a shared folder or URI such as s3://bucket/ddray-runs (DDRAY_STORAGE)")
+    p.add_argument("--storage-roots", help="colon-separated further prefixes a job's own storage: may use (DDRAY_STORAGE_ROOTS)")
     p.add_argument("--state-dir", help="job folders and the default SQLite database (DDRAY_STATE_DIR)")
     p.add_argument("--database-url", help="SQLAlchemy URL (DDRAY_DATABASE_URL; default sqlite in the state dir)")
-    p.add_argument("--ray-address", help="Ray cluster to run jobs on (default: a local head started by the service)")
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to run jobs on as Ray jobs: auto, host:port (GCS) or http://host:8265 (DDRAY_RAY_ADDRESS; "
+        "default: a local head started by the service)",
+    )
     p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local head (default: all)")
     p.add_argument("--ray-object-store-mb", type=int, help="object store of the local head in MiB")
     p.add_argument("--max-concurrent-jobs", type=int, help="jobs running at once (default 1; 0 = only queue)")
@@ -75,6 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     client_args(p)
     p.set_defaults(handler=_logs)
 
+    p = sub.add_parser("download", help="fetch a whole run: a job's files through the service, or a storage prefix directly")
+    p.add_argument("source", help="a job id, or a run's storage location (s3://bucket/ddray-runs/<job id>, a folder)")
+    p.add_argument("dest", help="folder to write the run into (created; existing files are kept)")
+    client_args(p)
+    p.set_defaults(handler=_download)
+
 
 # -- serve ---------------------------------------------------------------------
 def _serve(args: argparse.Namespace, console: Console) -> int:
@@ -87,6 +99,8 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
         "api_token": args.token,
         "dev": args.dev,
         "data_roots": args.data_roots,
+        "storage": args.storage,
+        "storage_roots": args.storage_roots,
         "state_dir": args.state_dir,
         "database_url": args.database_url,
         "ray_address": args.ray_address,
@@ -248,4 +262,45 @@ def _results(args: argparse.Namespace, console: Console) -> int:
 def _logs(args: argparse.Namespace, console: Console) -> int:
     with _client(args) as client:
         print(client.logs(args.id, args.lines), end="")
+    return 0
+
+
+def _download(args: argparse.Namespace, console: Console) -> int:
+    """A storage location is copied directly (works after `ray down`); a job id goes through the service."""
+    dest = Path(args.dest)
+    if "://" in args.source or Path(args.source).is_dir():
+        from ddray.storage import download_tree
+
+        try:
+            count = download_tree(args.source, dest)
+        except (OSError, ValueError) as err:
+            console.print(f"[red]error[/]: cannot read {args.source}: {err}", highlight=False)
+            return EXIT_FAILED
+        if count == 0:
+            console.print(f"[red]error[/]: nothing under {args.source}: is it a run's storage prefix (<storage>/<run id>)?", highlight=False)
+            return EXIT_BAD_INPUT
+        console.print(f"{count} files from {args.source} in {dest}", highlight=False)
+        return 0
+    return _download_job(args, console)
+
+
+@_guard
+def _download_job(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import Progress
+
+    dest = Path(args.dest)
+    with _client(args) as client:
+        listing = client.artifacts(args.source)
+        names = listing["files"]
+        if not names:
+            console.print(f"[red]error[/]: job {args.source} has no files yet", highlight=False)
+            return EXIT_FAILED
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"job {args.source}", total=len(names))
+            for name in names:
+                target = dest.joinpath(*name.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_artifact(args.source, name, target)
+                progress.advance(task)
+    console.print(f"{len(names)} files of job {args.source} (from {listing['location']}) in {dest}", highlight=False)
     return 0

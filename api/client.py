@@ -75,6 +75,27 @@ class ServiceClient:
     def artifact(self, job_id: str, name: str) -> bytes:
         return self.request("GET", f"/jobs/{job_id}/artifacts/{name}").content
 
+    def artifacts(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/jobs/{job_id}/artifacts").json()
+
+    def download_artifact(self, job_id: str, name: str, target: str | os.PathLike) -> None:
+        """Streamed to ``target`` through a temporary file, so a broken transfer leaves no half file."""
+        tmp = f"{target}.part"
+        try:
+            with self.http.stream("GET", f"/jobs/{job_id}/artifacts/{name}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ClientError(f"cannot download {name} of job {job_id}: HTTP {response.status_code}: {_detail(response)}")
+                with open(tmp, "wb") as fh:
+                    for chunk in response.iter_bytes():
+                        fh.write(chunk)
+            os.replace(tmp, target)
+        except httpx.HTTPError as err:
+            raise ClientError(f"cannot download {name} of job {job_id}: {err}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def predict(self, job_id: str, paths: list[str]) -> dict[str, Any]:
         handles = [open(p, "rb") for p in paths]
         try:

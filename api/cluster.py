@@ -1,16 +1,24 @@
-"""The Ray cluster the jobs run on: a local head the service owns, or a configured address.
+"""The Ray cluster the jobs run on: one the service joins, or a local head it owns.
 
-The local head is ``ray start --head --block`` in its own process session with
-Ray's token authentication on: the service writes a fresh random token to
-``<state_dir>/ray/auth_token`` (mode 0600) and hands ``RAY_AUTH_MODE=token``
-and ``RAY_AUTH_TOKEN_PATH`` to the head and to every job driver. The head's
-temp dir is private, so ``ray.init()`` elsewhere on the machine does not find
-(and join) it. Stopping the service stops the head; a head left behind by a
-crashed service is found through ``<state_dir>/ray/head.json`` and stopped at
-the next start.
+Jobs are Ray jobs (Ray's Job Submission API, served by the head's dashboard),
+so the service needs the cluster's dashboard, and for ``/healthz`` its GCS.
 
-The web process never joins the cluster as a driver: it reads resources
-through Ray's GCS state client only (no worker, no tasks).
+* **Joined** (``DDRAY_RAY_ADDRESS`` / ``--ray-address``): ``auto`` (the
+  cluster of this machine, e.g. the head made by ``ray up``), a GCS address
+  ``host:port``, or a dashboard URL ``http://host:8265``. Ray's token
+  authentication works as for any Ray client: ``RAY_AUTH_MODE=token`` and
+  ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` (default ``~/.ray/auth_token``)
+  in the service's environment. The service never stops a cluster it joined.
+* **Local head** (no address): ``ray start --head --block`` in its own process
+  session, dashboard on 127.0.0.1, Ray's token authentication on with a fresh
+  token in ``<state_dir>/ray/auth_token`` (mode 0600) and a private temp dir,
+  so ``ray.init()`` elsewhere on the machine does not find (and join) it.
+  ``<state_dir>/ray/head.json`` records it: a service that crashed finds its
+  head still running at the next start and adopts it, jobs included; a
+  graceful stop of the service stops the head.
+
+The web process never joins the cluster as a driver: it talks HTTP to the Jobs
+API and reads resources through Ray's GCS state client (no worker, no tasks).
 """
 
 from __future__ import annotations
@@ -33,8 +41,6 @@ from typing import Any
 from api.settings import ServiceSettings
 
 log = logging.getLogger("ddray.api")
-
-RAY_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
 
 
 def _free_port() -> int:
@@ -74,89 +80,151 @@ def stop_process_group(pid: int, marker: str, grace_s: float = 10.0) -> bool:
     return True
 
 
+def _ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else "ray"
+
+
 class RayCluster:
-    """Starts/stops the local head (if any) and reports the cluster's resources."""
+    """Starts, adopts or joins the cluster; hands out its Jobs client; reports its resources."""
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        self.address: str | None = settings.ray_address
-        self.status = "external" if settings.ray_address else "stopped"
+        self.address: str | None = None  # GCS address host:port, when known
+        self.dashboard_url: str | None = None
+        self.status = "stopped"
         self.error: str | None = None
+        self.adopted = False  # the local head outlived a crashed service and was taken over
         self._proc: subprocess.Popen | None = None
+        self._head_pid: int | None = None
         self._temp_dir: str | None = None
         self._state = None
+        self._jobs = None
         self._lock = threading.Lock()
         self._cache: tuple[float, dict[str, Any]] | None = None
         self.ray_dir = settings.state_dir / "ray"
         self.token_path = self.ray_dir / "auth_token"
-
-    @property
-    def ready(self) -> bool:
-        if self.status == "running" and self._proc is not None and self._proc.poll() is not None:
-            self.status = "error"
-            self.error = f"the local Ray head exited (code {self._proc.returncode}); see {self.ray_dir / 'head.log'}"
-        return self.status in ("running", "external")
+        self.head_info = self.ray_dir / "head.json"
 
     @property
     def local(self) -> bool:
         return not self.settings.ray_address
 
-    # -- environment of drivers ------------------------------------------
-    def driver_env(self) -> dict[str, str]:
-        """Variables a job driver needs to join this cluster (token auth included)."""
-        if self.local:
-            return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
-        return {}
+    @property
+    def ready(self) -> bool:
+        if self.status == "running" and self.local and not self._head_alive():
+            self.status = "error"
+            self.error = f"the local Ray head exited; see {self.ray_dir / 'head.log'}"
+        return self.status in ("running", "external")
 
-    # -- local head ----------------------------------------------------------
+    def _head_alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return bool(self._head_pid and self._temp_dir and self._temp_dir in process_cmdline(self._head_pid))
+
+    # -- start and stop ------------------------------------------------------------
     def start(self) -> None:
-        """Blocking: start the local head and wait until it accepts drivers."""
-        if not self.local:
-            self.status = "external"
-            return
+        """Blocking: join the configured cluster, or adopt/start the local head, and reach its Jobs API."""
         self.status = "starting"
         try:
-            self._start_head()
-            self.status = "running"
+            if self.local:
+                if not self._adopt_head():
+                    self._start_head()
+                self._use_env()
+                self.jobs()  # the dashboard answers
+                self.status = "running"
+            else:
+                self._use_env()
+                self._join(self.settings.ray_address or "auto")
+                self.status = "external"
         except Exception as err:  # reported by /healthz; jobs stay queued
-            self.status = "error"
             self.error = str(err)
-            log.error("could not start the local Ray head: %s", err)
-            self.stop()
+            log.error("could not reach the Ray cluster: %s", err)
+            if self.local and not self.adopted:
+                self.stop()
             self.status = "error"
+
+    def _use_env(self) -> None:
+        """Ray's client code in this process reads token auth from the environment."""
+        if self.local:
+            os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)})
+            os.environ.pop("RAY_AUTH_TOKEN", None)
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+    def _join(self, address: str) -> None:
+        if address.startswith("ray://"):
+            raise ValueError(
+                f"DDRAY_RAY_ADDRESS={address}: Ray Client addresses cannot submit jobs; give 'auto', the GCS address "
+                "host:6379 or the dashboard URL http://host:8265"
+            )
+        if "://" in address:
+            self.dashboard_url = address.rstrip("/")
+        else:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+
+            self.address = canonicalize_bootstrap_address_or_die(address)
+        self.jobs()
+        log.info("joined the Ray cluster at %s (Jobs API %s)", self.address or "?", self.dashboard_url or "via GCS")
+
+    def _adopt_head(self) -> bool:
+        """Take over the head a crashed service left running (same state dir); False when there is none."""
+        if not self.head_info.exists():
+            return False
+        try:
+            info = json.loads(self.head_info.read_text())
+            pid, temp_dir = int(info["pid"]), str(info["temp_dir"])
+            address, dashboard = str(info["address"]), str(info["dashboard_url"])
+        except (ValueError, KeyError, OSError):
+            self.stop_leftover_head()
+            return False
+        if temp_dir not in process_cmdline(pid) or not self.token_path.exists():
+            self.stop_leftover_head()
+            return False
+        self._head_pid, self._temp_dir, self.address, self.dashboard_url = pid, temp_dir, address, dashboard
+        self.adopted = True
+        log.warning("adopted the local Ray head a previous service left running (pid %s); its jobs are re-attached", pid)
+        return True
 
     def _start_head(self) -> None:
         self.ray_dir.mkdir(parents=True, exist_ok=True)
-        self.stop_leftover_head()
         fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
         # a short private temp dir: Ray's unix sockets live under it (path length limit)
         self._temp_dir = tempfile.mkdtemp(prefix="ddray-ray-", dir="/tmp")
-        port = _free_port()
+        port, dashboard_port = _free_port(), _free_port()
         cmd = [
-            str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else "ray",
-            "start", "--head", "--block",
+            _ray_executable(), "start", "--head", "--block",
             "--port", str(port),
             "--node-ip-address", "127.0.0.1",
             "--ray-client-server-port", str(_free_port()),
             "--dashboard-agent-listen-port", str(_free_port()),
-            "--include-dashboard=false",
+            "--include-dashboard=true",
+            "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(dashboard_port),
             "--disable-usage-stats",
             "--temp-dir", self._temp_dir,
         ]
         if self.settings.ray_num_cpus:
             cmd += ["--num-cpus", str(self.settings.ray_num_cpus)]
-        cmd = nice_prefix(self.settings.job_nice) + cmd
         if self.settings.ray_object_store_mb:
             cmd += ["--object-store-memory", str(self.settings.ray_object_store_mb * 1024 * 1024)]
-        env = {**os.environ, **self.driver_env(), "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("DDRAY_API_TOKEN", None)
-        env.pop("RAY_ADDRESS", None)
-        log_file = open(self.ray_dir / "head.log", "ab")
-        self._proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        log_file.close()
-        (self.ray_dir / "head.json").write_text(json.dumps({"pid": self._proc.pid, "temp_dir": self._temp_dir}))
+        cmd = nice_prefix(self.settings.job_nice) + cmd
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path), "RAY_USAGE_STATS_ENABLED": "0"}
+        for key in ("DDRAY_API_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"):
+            env.pop(key, None)
+        with open(self.ray_dir / "head.log", "ab") as log_file:
+            self._proc = subprocess.Popen(
+                cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self._head_pid = self._proc.pid
+        self.address = f"127.0.0.1:{port}"
+        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        self.head_info.write_text(json.dumps(
+            {"pid": self._proc.pid, "temp_dir": self._temp_dir, "address": self.address, "dashboard_url": self.dashboard_url}
+        ))
         marker = Path(self._temp_dir) / "ray_current_cluster"
         deadline = time.monotonic() + self.settings.ray_start_timeout_s
         while time.monotonic() < deadline:
@@ -168,26 +236,28 @@ class RayCluster:
             time.sleep(0.2)
         else:
             raise RuntimeError(f"the local Ray head did not come up within {self.settings.ray_start_timeout_s:g} s")
-        self.address = f"127.0.0.1:{port}"
-        log.info("local Ray head up at %s (token auth on)", self.address)
+        log.info("local Ray head up at %s, dashboard %s (token auth on)", self.address, self.dashboard_url)
 
     def stop_leftover_head(self) -> None:
-        """Stop a head a crashed service left behind (same state dir)."""
-        info_path = self.ray_dir / "head.json"
-        if not info_path.exists():
+        """Stop a head a crashed service left behind (same state dir) that cannot be adopted."""
+        if not self.head_info.exists():
             return
         try:
-            info = json.loads(info_path.read_text())
+            info = json.loads(self.head_info.read_text())
             if stop_process_group(int(info["pid"]), str(info["temp_dir"]), grace_s=10):
                 log.warning("stopped a Ray head left behind by a previous service (pid %s)", info["pid"])
             shutil.rmtree(info["temp_dir"], ignore_errors=True)
         except (ValueError, KeyError, OSError):
             pass
-        info_path.unlink(missing_ok=True)
+        self.head_info.unlink(missing_ok=True)
 
     def stop(self) -> None:
+        """Stop the local head (a joined cluster is left alone)."""
         with self._lock:
             self._state = None
+            self._jobs = None
+        if not self.local:
+            return
         if self._proc is not None:
             if self._proc.poll() is None:
                 self._proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its node on SIGTERM
@@ -202,14 +272,33 @@ class RayCluster:
             if self._proc.poll() is None:
                 self._proc.wait(timeout=10)
             self._proc = None
-            (self.ray_dir / "head.json").unlink(missing_ok=True)
+        elif self._head_pid and self._temp_dir:  # an adopted head: not our child
+            stop_process_group(self._head_pid, self._temp_dir, grace_s=20)
+        self._head_pid = None
+        self.head_info.unlink(missing_ok=True)
         if self._temp_dir:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
-        if self.local:
-            self.status = "stopped"
+        self.status = "stopped"
 
-    # -- health ----------------------------------------------------------------
+    # -- clients -------------------------------------------------------------------
+    def jobs(self):
+        """Ray's ``JobSubmissionClient`` for this cluster (made once; it checks the dashboard answers)."""
+        with self._lock:
+            if self._jobs is None:
+                from ray.job_submission import JobSubmissionClient
+
+                deadline = time.monotonic() + self.settings.ray_start_timeout_s
+                while True:
+                    try:
+                        self._jobs = JobSubmissionClient(self.dashboard_url or self.address)
+                        break
+                    except Exception as err:  # the dashboard comes up a little after the GCS
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"the Ray Jobs API at {self.dashboard_url or self.address} did not answer: {err}") from None
+                        time.sleep(0.5)
+            return self._jobs
+
     def resources(self, max_age_s: float = 1.0) -> dict[str, Any]:
         """{"total": {...}, "available": {...}, "nodes": n}; blocking (GCS round trips), cached briefly."""
         if not self.ready or not self.address:
@@ -218,7 +307,11 @@ class RayCluster:
         if self._cache and now - self._cache[0] < max_age_s:
             return self._cache[1]
         with self._lock:
-            state = self._state or self._connect()
+            if self._state is None:
+                from ray._private.internal_api import get_state_from_address  # GCS state client, no driver
+
+                self._state = get_state_from_address(self.address)
+            state = self._state
             total = state.cluster_resources()
             available = state.available_resources()
             nodes = len(state.total_resources_per_node())
@@ -230,12 +323,3 @@ class RayCluster:
         }
         self._cache = (now, out)
         return out
-
-    def _connect(self):
-        os.environ.update(self.driver_env())
-        from ray._private.internal_api import get_state_from_address  # GCS state client, no driver
-        from ray._raylet import Config
-
-        Config.initialize("")  # pick up RAY_AUTH_MODE set above
-        self._state = get_state_from_address(self.address)
-        return self._state

@@ -1,10 +1,17 @@
-"""Reading a job's folder: progress snapshot, results, log tail, artifacts (small cached reads)."""
+"""Reading a job's run: progress snapshot, results, log tail, artifacts (small cached reads).
+
+A run is read where it is nearest: its folder on the head (where the driver
+writes), else its storage prefix (``<storage>/<job id>``, where the whole
+folder lands when the job ends), so results outlive the head's disk.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import mimetypes
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -14,19 +21,91 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.runner import job_paths
+from api.runner import job_paths, run_locations
 from api.schemas import JobPublic, JobSummary, SubdomainProgress, Timings
 from api.store import JobRecord
+from ddray import storage
 
-ARTIFACTS = {
-    "accuracy.png": "image/png",
-    "results.md": "text/markdown; charset=utf-8",
-    "results.csv": "text/csv; charset=utf-8",
-    "results.json": "application/json",
-    "config.yaml": "application/yaml",
-    "progress.json": "application/json",
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".md": "text/markdown; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+    ".json": "application/json",
+    ".yaml": "application/yaml",
+    ".txt": "text/plain; charset=utf-8",
 }
 MAX_LOG_BYTES = 1024 * 1024
+_ARTIFACT = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class ArtifactNotFound(LookupError):
+    """No such file in the job's run (or a name that cannot be one); the message says which."""
+
+
+def media_type(name: str) -> str:
+    suffix = os.path.splitext(name)[1].lower()
+    return MEDIA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def check_artifact_name(name: str) -> str:
+    """A relative path inside a run: plain segments only (no '..', no absolute paths, no odd characters)."""
+    if len(name) > 300 or not _ARTIFACT.match(name) or any(part in (".", "..") for part in name.split("/")):
+        raise ArtifactNotFound(f"{name!r} is not a file name of a run; list them with GET /jobs/{{id}}/artifacts")
+    return name
+
+
+def list_artifacts(record: JobRecord) -> tuple[str, list[str]]:
+    """(location, relative paths of its files): the storage prefix once the run is there, else the run folder."""
+    places = run_locations(record)
+    for location in reversed(places):  # storage first: after the job ends it holds the whole run
+        try:
+            names = storage.list_files(location)
+        except (OSError, ValueError):
+            continue
+        if names:
+            return location, names
+    return (places[0] if places else ""), []
+
+
+def read_artifact(record: JobRecord, name: str) -> tuple[Path | None, bytes | None]:
+    """(local file, None) when the run folder on this machine has it, else (None, bytes from storage)."""
+    check_artifact_name(name)
+    places = run_locations(record)
+    for location in places:
+        if not storage.is_uri(location):
+            root = Path(location).resolve()
+            path = (root / name).resolve()
+            if path.is_file() and path.is_relative_to(root):
+                return path, None
+    for location in places:
+        if storage.is_uri(location):
+            target = storage.join(location, name)
+            try:
+                if storage.exists(target):
+                    return None, storage.read_bytes(target)
+            except (OSError, ValueError):
+                continue
+    raise ArtifactNotFound(f"job {record.id} has no {name} (yet)")
+
+
+def local_run(record: JobRecord, cache_dir: Path) -> Path | None:
+    """A run folder on this machine to load models from: the head's, else a copy fetched once from storage."""
+    places = run_locations(record)
+    for location in places:
+        if not storage.is_uri(location) and (Path(location) / "results.json").is_file():
+            return Path(location)
+    copy = cache_dir / record.id
+    if (copy / "results.json").is_file():
+        return copy
+    for location in places:
+        if storage.is_uri(location):
+            try:
+                storage.download_tree(location, copy)
+            except (OSError, ValueError):
+                continue
+            if (copy / "results.json").is_file():
+                return copy
+    return None
 
 
 class JsonFileCache:
@@ -76,6 +155,9 @@ def summary(record: JobRecord) -> JobSummary:
         started_at=_dt(record.started_at),
         finished_at=_dt(record.finished_at),
         error=record.error,
+        ray_job=record.submission_id,
+        run_location=record.run_location,
+        results=record.summary,
     )
 
 
@@ -133,22 +215,13 @@ def public(record: JobRecord, cache: JsonFileCache) -> JobPublic:
     )
 
 
-def log_tail(path: Path, lines: int | None) -> str:
-    """The last ``lines`` lines (all when None) of at most the last MiB of the log."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - MAX_LOG_BYTES))
-            data = fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-    if size > MAX_LOG_BYTES:
-        data = data.split("\n", 1)[-1]  # drop the cut first line
+def tail(text: str, lines: int | None) -> str:
+    """The last ``lines`` lines (all when None) of at most the last MiB of a log."""
+    if len(text) > MAX_LOG_BYTES:
+        text = text[-MAX_LOG_BYTES:].split("\n", 1)[-1]  # drop the cut first line
     if lines is None:
-        return data
-    kept = data.splitlines(keepends=True)[-lines:]
-    return "".join(kept)
+        return text
+    return "".join(text.splitlines(keepends=True)[-lines:])
 
 
 def _stamp(path: Path | None) -> tuple[int, int] | None:

@@ -171,7 +171,9 @@ def describe(settings: ServiceSettings) -> dict[str, Any]:
     return {
         "state_dir": str(settings.state_dir),
         "database": settings.db_url.split("@")[-1],
-        "data_roots": [str(r) for r in settings.data_roots],
+        "data_roots": settings.data_roots,
+        "storage": settings.storage,
+        "storage_roots": settings.storage_roots,
         "ray_address": settings.ray_address or "local head",
         "max_concurrent_jobs": settings.max_concurrent_jobs,
     }

@@ -1,21 +1,25 @@
-"""The job runner: starts queued jobs as Ray drivers, watches them, cancels them.
+"""The job runner: ddray jobs as Ray jobs, with the service's database as their domain record.
 
-Each job is its own process, ``python -m ddray run CONFIG --output RUN --address ADDR``,
-in its own process session, with its output in ``<job dir>/log.txt``. The web
-process only spawns, polls and signals these processes; it never trains.
+Each ddray job is submitted through Ray's Job Submission API as a Ray job
+(submission id ``ddray-<job id>``) whose entrypoint is the ddray driver,
+``python -m ddray run CONFIG --output RUN --run-id <job id> --address auto``.
+Ray runs the driver on the head node; status, logs and stop come from Ray
+Jobs, so ``ray job list`` and the dashboard show every ddray job too. The
+database keeps what Ray does not: the config, the submission id, where the
+run lives (``<storage>/<job id>`` when storage is configured, else the run
+folder on the head) and a summary of the results.
 
 * Queue: jobs start in submission order while fewer than
   ``max_concurrent_jobs`` run (counted in the database, so several service
   instances sharing one database share the limit, approximately).
-* Cancel: SIGTERM to the driver, SIGKILL to its process group after
-  ``cancel_grace_s``. When a driver dies Ray kills its actors and frees
-  their resources.
-* Stop of the service: running jobs are stopped and marked failed ("the
-  service stopped while the job was running").
-* Start of the service: jobs this instance (same host and state dir) had left
-  ``running`` are marked failed ("the service restarted while the job was
-  running"); a driver of theirs still alive is stopped first. Jobs are not
-  re-attached: with the default local Ray head, their cluster is gone anyway.
+* Cancel: ``stop_job``; Ray sends SIGTERM to the driver (which ends the run
+  as cancelled and keeps its work), SIGKILL after ``cancel_grace_s``.
+* Restart: a new service re-attaches the jobs it had left running; jobs
+  still running in Ray keep running and end with their real status.
+* Stop of the service: jobs on a joined cluster keep running (the next start
+  re-attaches them). With the service's own local head, a graceful stop ends
+  them ("the service stopped while the job was running") and stops the head;
+  a crash leaves both running, and the next start adopts them.
 """
 
 from __future__ import annotations
@@ -23,28 +27,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
+import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import yaml
 
-from api.cluster import RayCluster, nice_prefix, stop_process_group
+from api.cluster import RayCluster, nice_prefix
 from api.settings import ServiceSettings
 from api.store import JobRecord, JobStore
+from ddray import storage
 
 log = logging.getLogger("ddray.api")
 
-RESTARTED = "the service restarted while the job was running; its driver was stopped. Resubmit the job"
 STOPPED = "the service stopped while the job was running; resubmit the job"
-EXIT_BAD_INPUT = 2
+STOPPED_OUTSIDE = "the Ray job was stopped outside the service (ray job stop or the dashboard)"
+LOST = "Ray no longer knows this job (its cluster was restarted or replaced); resubmit the job"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class Runner(Protocol):
@@ -54,45 +57,46 @@ class Runner(Protocol):
     async def stop(self) -> None: ...
     def wake(self) -> None: ...
     async def health(self) -> dict[str, Any]: ...
+    def logs(self, record: JobRecord) -> str: ...
 
 
 def job_paths(job_dir: Path) -> dict[str, Path]:
     return {"config": job_dir / "config.yaml", "log": job_dir / "log.txt", "run": job_dir / "run"}
 
 
-def failure_reason(job_dir: Path, exit_code: int | None) -> str:
-    """The most useful sentence about why a driver failed: its 'error:' line, the run's error, or the log's end."""
-    paths = job_paths(job_dir)
-    text = ""
-    try:
-        with open(paths["log"], "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        pass
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+def submission_id(job_id: str) -> str:
+    return f"ddray-{job_id}"
+
+
+def run_locations(record: JobRecord) -> list[str]:
+    """Where a job's run folder can be read, nearest first: the run folder on the head, then its storage prefix."""
+    places = []
+    if record.job_dir:
+        places.append(str(job_paths(Path(record.job_dir))["run"]))
+    if record.run_location and record.run_location not in places:
+        places.append(record.run_location)
+    return places
+
+
+def failure_reason(log_text: str, message: str | None, exit_code: int | None) -> str:
+    """The most useful sentence about why a driver failed: its 'error:' line, else Ray's message or the log's end."""
+    lines = [line.rstrip() for line in log_text[-64 * 1024:].splitlines() if line.strip()]
     for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("error:"):
-            return " ".join(part.strip() for part in lines[i:])[len("error:"):].strip()[:4000]
-    try:
-        progress = json.loads((paths["run"] / "progress.json").read_text())
-        if progress.get("error"):
-            return f"{progress['error']} (exit code {exit_code})"[:4000]
-    except (OSError, ValueError):
-        pass
+        if lines[i].startswith(("error:", "failed:")):
+            first = lines[i].split(":", 1)[1]
+            return " ".join([first.strip(), *(part.strip() for part in lines[i + 1:])])[:4000]
     tail = lines[-1] if lines else "no output"
-    return f"the driver exited with code {exit_code}: {tail}"[:4000]
+    return f"{message or 'the driver failed'} (exit code {exit_code}): {tail}"[:4000]
 
 
-@dataclass
-class _Proc:
-    job_id: str
-    popen: subprocess.Popen
-    job_dir: Path
-    log: IO[bytes]
-    term_sent: float | None = None
-    killed: bool = False
+def results_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a job list shows: test accuracy of each aggregation and the mean local one, timings."""
+    local = [e.get("test_accuracy") for e in results.get("local") or [] if isinstance(e.get("test_accuracy"), (int, float))]
+    return {
+        "aggregation": {m: v.get("test_accuracy") for m, v in (results.get("aggregation") or {}).items() if isinstance(v, dict)},
+        "local_mean_test_accuracy": round(sum(local) / len(local), 4) if local else None,
+        "timings_s": results.get("timings_s") or {},
+    }
 
 
 class JobRunner:
@@ -101,12 +105,12 @@ class JobRunner:
         self.store = store
         self.cluster = cluster or RayCluster(settings)
         self.owner = f"{socket.gethostname()}:{settings.state_dir}"
-        self.procs: dict[str, _Proc] = {}
         self._task: asyncio.Task | None = None
         self._cluster_task: asyncio.Future | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_lock = threading.Lock()  # ticks (worker thread) and the final stop never overlap
+        self._stop_sent: set[str] = set()
         self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -114,8 +118,7 @@ class JobRunner:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.recover)
-        if self.settings.max_concurrent_jobs > 0 or not self.cluster.local:
+        if self.settings.max_concurrent_jobs > 0 or not self.cluster.local or self.store.count(["running"])["running"]:
             self._cluster_task = asyncio.ensure_future(asyncio.to_thread(self.cluster.start))
         else:
             self.cluster.status = "paused"  # max_concurrent_jobs=0: jobs are only recorded, no Ray needed
@@ -130,8 +133,7 @@ class JobRunner:
                 pass
         if self._cluster_task is not None:
             await asyncio.wait([self._cluster_task])
-        await asyncio.to_thread(self._stop_all)
-        await asyncio.to_thread(self.cluster.stop)
+        await asyncio.to_thread(self._shutdown)
 
     def wake(self) -> None:
         """Called from request threads after a submit or cancel: check now instead of at the next poll."""
@@ -149,6 +151,20 @@ class JobRunner:
                 cluster["status"] = "unreachable"
                 cluster["error"] = str(err)
         return cluster
+
+    def logs(self, record: JobRecord) -> str:
+        """Blocking: the driver's output, from Ray Jobs while Ray has it, else the copy kept at the job's end."""
+        if record.submission_id and record.status == "running" and self.cluster.ready:
+            try:
+                return self.cluster.jobs().get_job_logs(record.submission_id)
+            except Exception:  # noqa: BLE001 - fall back to the kept copy
+                pass
+        if record.job_dir:
+            try:
+                return job_paths(Path(record.job_dir))["log"].read_text(errors="replace")
+            except OSError:
+                pass
+        return ""
 
     # -- the loop ------------------------------------------------------------
     async def _run_loop(self) -> None:
@@ -168,127 +184,156 @@ class JobRunner:
 
     def tick(self) -> None:
         with self._tick_lock:
-            if self._stopping:
+            if self._stopping or not self.cluster.ready:
                 return
-            self._reap()
-            self._cancel_requested()
+            self._watch()
             self._dispatch()
 
-    def _reap(self) -> None:
-        for job_id, proc in list(self.procs.items()):
-            code = proc.popen.poll()
-            if code is None:
-                if proc.term_sent and not proc.killed and time.monotonic() - proc.term_sent > self.settings.cancel_grace_s:
-                    self._signal_group(proc, signal.SIGKILL)
-                    proc.killed = True
-                continue
-            self._signal_group(proc, signal.SIGKILL)  # anything the driver left in its session
-            proc.log.close()
-            del self.procs[job_id]
-            record = self.store.get(job_id)
-            if code == 0:
-                self.store.finish(job_id, "succeeded", exit_code=code)
-            elif record is not None and record.cancel_requested:
-                self.store.finish(job_id, "cancelled", error="cancelled by request", exit_code=code)
-            else:
-                self.store.finish(job_id, "failed", error=failure_reason(proc.job_dir, code), exit_code=code)
-            log.info("job %s ended with exit code %s", job_id, code)
+    def _job_info(self, sid: str):
+        """Ray's JobDetails, or None when Ray does not know the submission."""
+        try:
+            return self.cluster.jobs().get_job_info(sid)
+        except RuntimeError as err:
+            if "404" in str(err) or "does not exist" in str(err):
+                return None
+            raise
 
-    def _cancel_requested(self) -> None:
+    def _watch(self) -> None:
+        """Follow every running job of this instance in Ray: cancels, ends, and jobs a restart left behind."""
         for record in self.store.running(owner=self.owner):
-            proc = self.procs.get(record.id)
-            if record.cancel_requested and proc is not None and proc.term_sent is None:
-                log.info("cancelling job %s (pid %s)", record.id, proc.popen.pid)
-                try:
-                    proc.popen.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                proc.term_sent = time.monotonic()
+            sid = record.submission_id or submission_id(record.id)
+            info = self._job_info(sid)
+            if info is None:
+                if record.submission_id is None:  # claimed, but the service stopped before submitting it
+                    log.warning("job %s never reached Ray: queued again", record.id)
+                    self.store.requeue(record.id)
+                else:
+                    self.store.finish(record.id, "failed", error=LOST)
+                continue
+            status = str(getattr(info.status, "value", info.status))
+            if status in TERMINAL:
+                self._finish(record, sid, status, info)
+            elif record.cancel_requested and sid not in self._stop_sent:
+                log.info("cancelling job %s (Ray job %s)", record.id, sid)
+                self.cluster.jobs().stop_job(sid)
+                self._stop_sent.add(sid)
+
+    def _finish(self, record: JobRecord, sid: str, status: str, info: Any, reason: str | None = None) -> None:
+        text = ""
+        try:
+            text = self.cluster.jobs().get_job_logs(sid)
+        except Exception:  # noqa: BLE001 - the job still ends; its log may be gone with its cluster
+            log.warning("could not read the log of job %s from Ray", record.id)
+        self._keep_log(record, text)
+        exit_code = getattr(info, "driver_exit_code", None)
+        if status == "SUCCEEDED":
+            self.store.finish(record.id, "succeeded", exit_code=exit_code, summary=self._summary(record))
+        elif status == "STOPPED" and record.cancel_requested:
+            self.store.finish(record.id, "cancelled", error="cancelled by request", exit_code=exit_code)
+        elif status == "STOPPED":
+            self.store.finish(record.id, "failed", error=reason or STOPPED_OUTSIDE, exit_code=exit_code)
+        else:
+            self.store.finish(record.id, "failed", error=failure_reason(text, getattr(info, "message", None), exit_code), exit_code=exit_code)
+        self._stop_sent.discard(sid)
+        log.info("job %s ended: Ray status %s", record.id, status)
+
+    def _keep_log(self, record: JobRecord, text: str) -> None:
+        """The log outlives the Ray session: a copy in the job folder and, with storage, beside the run's results."""
+        if not record.job_dir or not text:
+            return
+        path = job_paths(Path(record.job_dir))["log"]
+        path.write_text(text)
+        if record.run_location and storage.is_uri(record.run_location):
+            try:
+                storage.copy_file(str(path), storage.join(record.run_location, "log.txt"))
+            except OSError as err:
+                log.warning("could not copy the log of job %s to %s: %s", record.id, record.run_location, err)
+
+    def _summary(self, record: JobRecord) -> dict[str, Any] | None:
+        for location in run_locations(record):
+            try:
+                return results_summary(json.loads(storage.read_bytes(storage.join(location, "results.json"))))
+            except (OSError, ValueError):
+                continue
+        return None
 
     def _dispatch(self) -> None:
-        if not self.cluster.ready:
-            return
         limit = self.settings.max_concurrent_jobs
         while self.store.count(["running"])["running"] < limit:
             record = self.store.claim_next(self.owner)
             if record is None:
                 return
             try:
-                self._spawn(record)
+                self._submit(record)
             except Exception as err:  # noqa: BLE001 - the job fails, the service goes on
-                log.exception("could not start job %s", record.id)
-                self.store.finish(record.id, "failed", error=f"could not start the job's driver: {err}")
+                log.exception("could not submit job %s to Ray", record.id)
+                self.store.finish(record.id, "failed", error=f"could not submit the job to Ray: {err}")
 
-    def _spawn(self, record: JobRecord) -> None:
+    def _submit(self, record: JobRecord) -> None:
         job_dir = self.settings.jobs_dir / record.id
         paths = job_paths(job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
         paths["config"].write_text(yaml.safe_dump(record.config, sort_keys=False))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DDRAY_") and k != "RAY_ADDRESS"}
-        env.update(self.cluster.driver_env())
-        env.update({"DDRAY_PLAIN_PROGRESS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"})
-        cmd = [sys.executable, "-m", "ddray", "run", str(paths["config"]), "--output", str(paths["run"])]
-        if self.cluster.address:
-            cmd += ["--address", self.cluster.address]
-        cmd = nice_prefix(self.settings.job_nice) + cmd
-        log_fh = open(paths["log"], "ab")
-        try:
-            popen = subprocess.Popen(
-                cmd, cwd=job_dir, env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        except Exception:
-            log_fh.close()
-            raise
-        self.procs[record.id] = _Proc(record.id, popen, job_dir, log_fh)
-        self.store.set_process(record.id, pid=popen.pid, job_dir=str(job_dir))
-        log.info("job %s started (pid %s)", record.id, popen.pid)
+        base = storage.storage_base(record.config.get("storage") or self.settings.storage)
+        run_location = storage.run_prefix(base, record.id) or str(paths["run"])
+        sid = submission_id(record.id)
+        self.store.set_submission(record.id, submission_id=sid, job_dir=str(job_dir), run_location=run_location)
+        command = [
+            *nice_prefix(self.settings.job_nice if self.cluster.local else 0),
+            sys.executable, "-m", "ddray", "run", str(paths["config"]),
+            "--output", str(paths["run"]), "--run-id", record.id, "--address", "auto",
+        ]
+        env = {
+            "DDRAY_PLAIN_PROGRESS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "1000",
+            "RAY_JOB_STOP_WAIT_TIME_S": str(max(1, int(self.settings.cancel_grace_s))),
+        }
+        if self.settings.storage:
+            env["DDRAY_STORAGE"] = self.settings.storage
+        self.cluster.jobs().submit_job(
+            entrypoint=shlex.join(command),
+            submission_id=sid,
+            runtime_env={"env_vars": env},
+            metadata={"ddray_job_id": record.id, "name": (record.name or "")[:100]},
+        )
+        log.info("job %s submitted as Ray job %s (run at %s)", record.id, sid, run_location)
 
-    @staticmethod
-    def _signal_group(proc: _Proc, sig: int) -> None:
-        try:
-            os.killpg(proc.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    # -- start and stop of the service ---------------------------------------
-    def recover(self) -> None:
-        """Jobs this instance left running (crash or kill of the service) are stopped and marked failed."""
-        for record in self.store.running(owner=self.owner):
-            if record.pid and record.job_dir:
-                if stop_process_group(record.pid, str(job_paths(Path(record.job_dir))["run"]), grace_s=self.settings.cancel_grace_s):
-                    log.warning("stopped the orphaned driver of job %s (pid %s)", record.id, record.pid)
-            if record.cancel_requested:
-                self.store.finish(record.id, "cancelled", error="cancelled by request")
-            else:
-                self.store.finish(record.id, "failed", error=RESTARTED)
-            log.warning("job %s was running when the service stopped: marked %s", record.id, "failed")
-
-    def _stop_all(self) -> None:
+    # -- stop of the service ---------------------------------------------------
+    def _shutdown(self) -> None:
         with self._tick_lock:
             self._stopping = True
-            self._stop_procs()
-
-    def _stop_procs(self) -> None:
-        for proc in self.procs.values():
-            try:
-                proc.popen.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + self.settings.cancel_grace_s
-        for job_id, proc in list(self.procs.items()):
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            self._signal_group(proc, signal.SIGKILL)
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            proc.log.close()
-            record = self.store.get(job_id)
-            if record is not None and record.cancel_requested:
-                self.store.finish(job_id, "cancelled", error="cancelled by request")
+            running = self.store.running(owner=self.owner)
+            if not self.cluster.local:
+                if running:
+                    log.info("%d job(s) keep running on the Ray cluster; the next start of the service re-attaches them", len(running))
+                return
+            if self.cluster.ready:
+                self._stop_jobs(running)
             else:
-                self.store.finish(job_id, "failed", error=STOPPED, exit_code=proc.popen.returncode)
-        self.procs.clear()
+                for record in running:
+                    self.store.finish(record.id, "failed", error=STOPPED)
+        self.cluster.stop()
+
+    def _stop_jobs(self, running: list[JobRecord]) -> None:
+        """Local head only: stop its jobs (the head goes next) and record why."""
+        jobs = self.cluster.jobs()
+        for record in running:
+            if record.submission_id:
+                try:
+                    jobs.stop_job(record.submission_id)
+                except Exception:  # noqa: BLE001 - it may have ended already
+                    pass
+        deadline = time.monotonic() + self.settings.cancel_grace_s + 10
+        for record in running:
+            info = None
+            while record.submission_id and time.monotonic() < deadline:
+                info = self._job_info(record.submission_id)
+                if info is None or str(getattr(info.status, "value", info.status)) in TERMINAL:
+                    break
+                time.sleep(0.2)
+            if info is not None and record.submission_id:
+                status = str(getattr(info.status, "value", info.status))
+                self._finish(record, record.submission_id, status if status in TERMINAL else "STOPPED", info, reason=STOPPED)
+            else:
+                self.store.finish(record.id, "cancelled" if record.cancel_requested else "failed", error=STOPPED)

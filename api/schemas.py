@@ -54,6 +54,9 @@ class JobSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None = None
+    ray_job: str | None = Field(None, description="the Ray job's submission id (ray job list, the dashboard)")
+    run_location: str | None = Field(None, description="where the run's files live: <storage>/<job id>, or the run folder on the head")
+    results: dict[str, Any] | None = Field(None, description="test accuracies and timings of a succeeded job")
 
 
 class JobPublic(JobSummary):
@@ -72,6 +75,12 @@ class JobList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ArtifactList(BaseModel):
+    job_id: str
+    location: str = Field(description="where the files are read from: the job's storage prefix, or its run folder on the head")
+    files: list[str] = Field(description="paths relative to the run, for GET /jobs/{id}/artifacts/{path}")
 
 
 class PredictionRecord(BaseModel):

@@ -1,13 +1,15 @@
 """Settings of the job service: flags of ``ddray serve`` or ``DDRAY_*`` environment variables.
 
 Every field can be set as ``DDRAY_<FIELD>`` (e.g. ``DDRAY_API_TOKEN``,
-``DDRAY_DATA_ROOTS=/data/a:/data/b``); ``ddray serve`` flags win over the
-environment. The service refuses to start without a bearer token unless
+``DDRAY_DATA_ROOTS=/data/a:s3://bucket/datasets``); ``ddray serve`` flags win
+over the environment. Lists are colon-separated; the colon of a URI scheme
+(``s3://``) does not split. The service refuses to start without a bearer token unless
 ``dev`` is set, in which case it makes a random one and prints it.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +19,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "password"}
 MIN_TOKEN_LENGTH = 16
+_LIST_SPLIT = re.compile(r"[:,](?!//)")  # "a:s3://b/c" -> ["a", "s3://b/c"]
+
+
+def split_locations(value: str) -> list[str]:
+    return [part.strip() for part in _LIST_SPLIT.split(value) if part.strip()]
+
+
+def normalise_location(location: str) -> str:
+    """A URI without its trailing slash, or an absolute real path: the form prefix checks compare."""
+    location = str(location).strip()
+    if "://" in location:
+        return location.rstrip("/")
+    return str(Path(location).expanduser().resolve())
 
 
 class SettingsError(ValueError):
@@ -28,12 +43,23 @@ class ServiceSettings(BaseSettings):
 
     api_token: SecretStr | None = Field(None, description="bearer token every request but /healthz must carry")
     dev: bool = Field(False, description="development mode: make a random token when none is set")
-    data_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="folders that dataset paths may lie under (colon-separated in the environment)"
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="folders or URI prefixes (s3://bucket/data) that dataset paths may lie under (colon-separated in the environment)",
+    )
+    storage: str | None = Field(
+        None, description="default storage of every job (a shared folder or URI such as s3://bucket/ddray-runs); each job writes under <storage>/<job id>"
+    )
+    storage_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="further folders or URI prefixes a job's own `storage:` may lie under (colon-separated)"
     )
     state_dir: Path = Field(Path("ddray-service"), description="job folders, logs, the default SQLite database")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<state_dir>/ddray.db")
-    ray_address: str | None = Field(None, description="Ray cluster for the jobs; none = the service starts a local head")
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster the jobs run on as Ray jobs: 'auto' (the cluster of this machine), its GCS address host:port, "
+        "or its dashboard URL http://host:8265; none = the service starts a local head",
+    )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local head (default: all)")
     ray_object_store_mb: int | None = Field(None, ge=80, description="object store of the local head in MiB (default: Ray's)")
     ray_start_timeout_s: float = Field(120.0, gt=0)
@@ -45,17 +71,24 @@ class ServiceSettings(BaseSettings):
     poll_interval_s: float = Field(0.5, gt=0, description="how often the runner checks its jobs")
     max_path_entries: int = Field(200_000, ge=1, description="files checked for symlink escapes under a dataset folder")
 
-    @field_validator("data_roots", mode="before")
+    @field_validator("data_roots", "storage_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [part for part in value.split(":") if part.strip()]
+            return split_locations(value)
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
         return value
 
-    @field_validator("data_roots")
+    @field_validator("data_roots", "storage_roots")
     @classmethod
-    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
-        return [Path(r).expanduser().resolve() for r in roots]
+    def _absolute_roots(cls, roots: list[Any]) -> list[str]:
+        return [normalise_location(str(r)) for r in roots]
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute_storage(cls, storage: str | None) -> str | None:
+        return normalise_location(storage) if storage and storage.strip() else None
 
     @field_validator("state_dir")
     @classmethod
@@ -90,3 +123,8 @@ class ServiceSettings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.state_dir / "jobs"
+
+    @property
+    def allowed_storage(self) -> list[str]:
+        """Where a job's ``storage:`` may point: DDRAY_STORAGE and DDRAY_STORAGE_ROOTS."""
+        return ([self.storage] if self.storage else []) + [r for r in self.storage_roots if r != self.storage]

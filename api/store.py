@@ -1,7 +1,10 @@
 """Job records in SQL (SQLAlchemy Core): SQLite with WAL by default, any SQLAlchemy URL otherwise.
 
-A record is written (and committed) before ``POST /jobs`` answers, so an
-accepted job survives a crash of the service. Status changes that several
+A record is the domain side of a job: its config, the Ray job that runs it
+(``submission_id``), where its run lives (``run_location``: the storage prefix,
+or the run folder on the head) and a summary of its results. Status, logs and
+stop come from Ray Jobs. A record is written (and committed) before
+``POST /jobs`` answers, so an accepted job survives a crash of the service. Status changes that several
 service instances could race on (claiming a queued job, cancelling) are single
 conditional ``UPDATE`` statements.
 """
@@ -52,10 +55,12 @@ jobs = Table(
     Column("finished_at", Float, nullable=True),
     Column("error", Text, nullable=True),
     Column("job_dir", Text, nullable=True),
-    Column("pid", Integer, nullable=True),
     Column("exit_code", Integer, nullable=True),
     Column("owner", String(300), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("submission_id", String(100), nullable=True),
+    Column("run_location", Text, nullable=True),
+    Column("summary", Text, nullable=True),
 )
 
 
@@ -71,17 +76,31 @@ class JobRecord:
     finished_at: float | None
     error: str | None
     job_dir: str | None
-    pid: int | None
     exit_code: int | None
     owner: str | None
     cancel_requested: bool
+    submission_id: str | None
+    run_location: str | None
+    summary: dict[str, Any] | None
 
     @classmethod
     def from_row(cls, row: Any) -> "JobRecord":
         m = dict(row._mapping)
         m["config"] = json.loads(m["config"])
+        m["summary"] = json.loads(m["summary"]) if m.get("summary") else None
         m["cancel_requested"] = bool(m["cancel_requested"])
         return cls(**m)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Databases made by an older ddray lack the newer nullable columns: add them (no other migration exists)."""
+    from sqlalchemy import inspect, text
+
+    have = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    with engine.begin() as conn:
+        for column in jobs.columns:
+            if column.name not in have:
+                conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"))
 
 
 def make_engine(url: str) -> Engine:
@@ -110,6 +129,7 @@ class JobStore:
         self.url = url
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._generations: dict[str, int] = {}
         self._gen_lock = threading.Lock()
 
@@ -123,10 +143,6 @@ class JobStore:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(select(1))
 
     # -- create / read ---------------------------------------------------
     def create(self, config: dict[str, Any], name: str | None = None, job_id: str | None = None) -> JobRecord:
@@ -202,20 +218,31 @@ class JobStore:
                 return self.get(row.id)
         return None
 
-    def set_process(self, job_id: str, *, pid: int, job_dir: str) -> None:
+    def set_submission(self, job_id: str, *, submission_id: str, job_dir: str, run_location: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(pid=pid, job_dir=job_dir))
+            conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(submission_id=submission_id, job_dir=job_dir, run_location=run_location)
+            )
         self._bump(job_id)
 
-    def finish(self, job_id: str, status: str, *, error: str | None = None, exit_code: int | None = None) -> bool:
+    def requeue(self, job_id: str) -> None:
+        """A claimed job that never reached Ray (the service stopped in between) goes back to the queue."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running").values(status="queued", owner=None, started_at=None)
+            )
+        self._bump(job_id)
+
+    def finish(
+        self, job_id: str, status: str, *, error: str | None = None, exit_code: int | None = None, summary: dict[str, Any] | None = None
+    ) -> bool:
         """Move a running or queued job to a final status; False when it already was final."""
         assert status in FINAL
+        values: dict[str, Any] = dict(status=status, error=error, exit_code=exit_code, finished_at=time.time())
+        if summary is not None:
+            values["summary"] = json.dumps(summary)
         with self.engine.begin() as conn:
-            done = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
-                .values(status=status, error=error, exit_code=exit_code, finished_at=time.time())
-            )
+            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)).values(**values))
         self._bump(job_id)
         return done.rowcount == 1
 

@@ -58,6 +58,9 @@ class FakeRunner:
     async def health(self) -> dict[str, Any]:
         return {"status": "paused"}
 
+    def logs(self, record: Any) -> str:
+        return ""
+
 
 class Service:
     """``python -m ddray serve`` on 127.0.0.1 in a subprocess, with its own state dir."""
@@ -137,16 +140,8 @@ class Service:
 
 
 def cleanup_state(state_dir: Path, token: str = "test-token-0123456789abcdef") -> None:
-    """Stop what a killed service left behind in ``state_dir``: job drivers and the local Ray head."""
+    """Stop the local Ray head a killed service left behind in ``state_dir`` (its jobs end with it)."""
     from api.cluster import RayCluster
-    from api.runner import JobRunner
     from api.settings import ServiceSettings
-    from api.store import JobStore
 
-    settings = ServiceSettings(api_token=token, state_dir=state_dir, cancel_grace_s=2)
-    store = JobStore(settings.db_url)
-    try:
-        JobRunner(settings, store).recover()
-    finally:
-        store.close()
-    RayCluster(settings).stop_leftover_head()
+    RayCluster(ServiceSettings(api_token=token, state_dir=state_dir)).stop_leftover_head()

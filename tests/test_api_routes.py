@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.client import ClientError, ServiceClient
 from api.deps import get_runner
 from api.main import create_app
-from api.runner import RESTARTED, JobRunner, failure_reason
+from api.runner import JobRunner, failure_reason
 from api.settings import ServiceSettings
 from api.store import JobStore
 from api.testing import FakeRunner, free_port, tiny_job
@@ -89,7 +89,7 @@ def test_healthz_is_open(service):
 def test_openapi_documents_every_endpoint_and_the_bearer_scheme(service):
     client, *_ = service
     schema = client.get("/openapi.json").json()
-    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/results", "/jobs/{job_id}/artifacts/{name}", "/jobs/{job_id}/logs",
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/results", "/jobs/{job_id}/artifacts", "/jobs/{job_id}/artifacts/{name}", "/jobs/{job_id}/logs",
             "/jobs/{job_id}/cancel", "/jobs/{job_id}/predict", "/healthz"} <= set(schema["paths"])
     assert any(s.get("scheme") == "bearer" for s in schema["components"]["securitySchemes"].values())
     assert "RunConfig" in schema["components"]["schemas"]
@@ -213,7 +213,40 @@ def test_storage_outside_the_roots_is_422(service, tmp_path):
     client, *_ = service
     r = submit(client, {**tiny_job(), "storage": str(tmp_path / "elsewhere")})
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "config", "storage"]
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "config", "storage"] and "DDRAY_STORAGE" in detail["msg"]
+
+
+def test_storage_must_lie_under_ddray_storage_or_a_storage_root(tmp_path):
+    settings = ServiceSettings(
+        api_token=TOKEN, state_dir=tmp_path / "s", storage="s3://runs-bucket/ddray", storage_roots=f"{tmp_path}/shared:gs://other/x"
+    )
+    app = create_app(settings)
+    app.dependency_overrides[get_runner] = FakeRunner
+    with TestClient(app) as client:
+        store = app.state.store
+        for allowed in ("s3://runs-bucket/ddray", "s3://runs-bucket/ddray/team-a/", str(tmp_path / "shared" / "mine"), "gs://other/x/y"):
+            r = submit(client, {**tiny_job(), "storage": allowed})
+            assert r.status_code == 201, (allowed, r.text)
+            assert store.get(r.json()["id"]).config["storage"] == allowed.rstrip("/")
+        for refused in ("s3://runs-bucket/ddray-other", "s3://runs-bucket", "s3://runs-bucket/ddray/../x", str(tmp_path / "sharedx"), "/tmp"):
+            r = submit(client, {**tiny_job(), "storage": refused})
+            assert r.status_code == 422, (refused, r.text)
+            msg = r.json()["detail"][0]["msg"]
+            assert "s3://runs-bucket/ddray" in msg and str(tmp_path / "shared") in msg, msg  # names the allowed prefixes
+
+
+def test_uri_data_paths_must_lie_under_a_uri_data_root(tmp_path):
+    settings = ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "s", data_roots=f"{tmp_path}:s3://data-bucket/sets")
+    assert settings.data_roots == [str(tmp_path.resolve()), "s3://data-bucket/sets"]
+    app = create_app(settings)
+    app.dependency_overrides[get_runner] = FakeRunner
+    with TestClient(app) as client:
+        for refused in ("s3://data-bucket/other/x.npz", "s3://data-bucket/sets/../other/x.npz", "gs://data-bucket/sets/x.npz", "http://evil/x.npz"):
+            r = submit(client, tiny_job(source="npz", path=refused))
+            assert r.status_code == 422, (refused, r.text)
+            detail = r.json()["detail"][0]
+            assert detail["loc"][-2:] == ["dataset", "path"] and "s3://data-bucket/sets" in detail["msg"], detail
 
 
 def test_paths_under_a_root_are_stored_resolved(service, data_root):
@@ -308,7 +341,7 @@ def test_progress_snapshot_is_reported(service, tmp_path):
     store.claim_next("me")
     run = tmp_path / "jobdir" / "run"
     run.mkdir(parents=True)
-    store.set_process(job.id, pid=1, job_dir=str(run.parent))
+    store.set_submission(job.id, submission_id=f"ddray-{job.id}", job_dir=str(run.parent), run_location=str(run))
     assert client.get(f"/jobs/{job.id}", headers=AUTH).json()["phase"] == "starting"
     now = time.time()
     (run / "progress.json").write_text(json.dumps({
@@ -317,14 +350,28 @@ def test_progress_snapshot_is_reported(service, tmp_path):
                        "0": {"status": "pending"}, "10": {"status": "running", "epoch": 1, "trial": 2, "trials_done": 1}},
         "phases": {"loading": {"started": now - 5}, "local_training": {"started": now - 3}},
     }))
-    (run.parent / "log.txt").write_text("".join(f"line {i}\n" for i in range(10)))
     job = client.get(f"/jobs/{job.id}", headers=AUTH).json()
     assert job["phase"] == "local_training"
     assert [s["index"] for s in job["subdomains"]] == [0, 1, 10]
     assert job["subdomains"][1] | {} == {**job["subdomains"][1], "epoch": 2, "best_val_accuracy": 0.75, "val_accuracy": 0.7}
     assert job["subdomains"][2]["trials_done"] == 1
     assert job["timings"]["phases"]["local_training"] == pytest.approx(2.0, abs=0.01)
-    assert client.get(f"/jobs/{job['id']}/logs", params={"lines": 3}, headers=AUTH).text == "line 7\nline 8\nline 9\n"
+    assert job["ray_job"] == f"ddray-{job['id']}" and job["run_location"] == str(run)
+
+
+def test_logs_of_an_ended_job_come_from_the_copy_kept_in_its_folder(settings, tmp_path):
+    """Ray's copy of a log goes with its session; the runner keeps one in the job folder (no Ray needed here)."""
+    store = JobStore(settings.db_url)
+    job = store.create(tiny_job())
+    store.claim_next("me")
+    job_dir = tmp_path / "jobdir"
+    job_dir.mkdir()
+    store.set_submission(job.id, submission_id=f"ddray-{job.id}", job_dir=str(job_dir), run_location=str(job_dir / "run"))
+    store.finish(job.id, "failed", error="x")
+    (job_dir / "log.txt").write_text("".join(f"line {i}\n" for i in range(10)))
+    runner = JobRunner(settings, store)
+    assert runner.logs(store.get(job.id)).endswith("line 8\nline 9\n")
+    store.close()
 
 
 def test_predict_needs_a_succeeded_job_and_safe_uploads(service, tmp_path):
@@ -333,8 +380,9 @@ def test_predict_needs_a_succeeded_job_and_safe_uploads(service, tmp_path):
     assert client.post(f"/jobs/{queued}/predict", files={"files": ("a.npz", b"x")}, headers=AUTH).status_code == 409
     done = store.create(tiny_job())
     store.claim_next("me")
-    store.set_process(done.id, pid=1, job_dir=str(tmp_path / "done"))
+    store.set_submission(done.id, submission_id="ddray-x", job_dir=str(tmp_path / "done"), run_location=str(tmp_path / "done" / "run"))
     (tmp_path / "done" / "run").mkdir(parents=True)
+    (tmp_path / "done" / "run" / "results.json").write_text("{}")
     store.finish(done.id, "succeeded")
     r = client.post(f"/jobs/{done.id}/predict", files={"files": ("evil.py", b"print(1)")}, headers=AUTH)
     assert r.status_code == 422 and "only" in r.json()["detail"]
@@ -356,7 +404,7 @@ def test_settings_refuse_to_start_without_a_strong_token(monkeypatch, tmp_path):
     monkeypatch.setenv("DDRAY_DATA_ROOTS", f"{tmp_path}/a:{tmp_path}/b")
     monkeypatch.setenv("DDRAY_MAX_CONCURRENT_JOBS", "3")
     s = ServiceSettings(state_dir=tmp_path)
-    assert s.token == TOKEN and s.data_roots == [tmp_path / "a", tmp_path / "b"] and s.max_concurrent_jobs == 3
+    assert s.token == TOKEN and s.data_roots == [str(tmp_path / "a"), str(tmp_path / "b")] and s.max_concurrent_jobs == 3
     assert s.db_url == f"sqlite:///{tmp_path}/ddray.db"
 
 
@@ -366,35 +414,11 @@ def test_serve_refuses_without_token(monkeypatch, tmp_path):
     assert r.returncode == 2 and "DDRAY_API_TOKEN" in r.stderr
 
 
-def test_failure_reason_prefers_the_error_line(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "log.txt").write_text("ddray: loading\nerror: dataset path not found: /data/x.npz\n  (dataset.path)\n")
-    assert failure_reason(tmp_path, 2) == "dataset path not found: /data/x.npz (dataset.path)"
-    (tmp_path / "log.txt").write_text("Traceback...\nRuntimeError: boom\n")
-    (tmp_path / "run" / "progress.json").write_text(json.dumps({"phase": "failed", "error": "boom"}))
-    assert failure_reason(tmp_path, 1) == "boom (exit code 1)"
-
-
-def test_restart_marks_orphaned_running_jobs_failed_and_stops_their_driver(settings):
-    """What a new service does with jobs a crashed one left running (no Ray needed to check it)."""
-    store = JobStore(settings.db_url)
-    runner = JobRunner(settings, store)
-    job = store.create(tiny_job())
-    store.claim_next(runner.owner)
-    job_dir = settings.jobs_dir / job.id
-    (job_dir / "run").mkdir(parents=True)
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(job_dir / "run")], start_new_session=True)
-    store.set_process(job.id, pid=orphan.pid, job_dir=str(job_dir))
-    other = store.create(tiny_job())
-    store.claim_next("another-host:/state")  # another instance's job: left alone
-    done = store.create(tiny_job())
-    store.finish(done.id, "cancelled")
-    runner.recover()
-    assert orphan.wait(timeout=15) != 0
-    after = store.get(job.id)
-    assert after.status == "failed" and after.error == RESTARTED and after.finished_at
-    assert store.get(other.id).status == "running" and store.get(done.id).status == "cancelled"
-    store.close()
+def test_failure_reason_prefers_the_error_line():
+    log = "ddray: loading\nerror: dataset path not found: /data/x.npz\n  (dataset.path)\n"
+    assert failure_reason(log, "Job entrypoint command failed with exit code 2", 2) == "dataset path not found: /data/x.npz (dataset.path)"
+    reason = failure_reason("Traceback...\nRuntimeError: boom\n", "Job entrypoint command failed with exit code 1", 1)
+    assert reason == "Job entrypoint command failed with exit code 1 (exit code 1): RuntimeError: boom"
 
 
 def test_client_reports_refused_connections_and_bad_tokens(service):
@@ -422,7 +446,7 @@ def test_results_and_artifacts_of_a_finished_job(service, tmp_path):
     store.claim_next("me")
     run = tmp_path / "finished" / "run"
     run.mkdir(parents=True)
-    store.set_process(job.id, pid=1, job_dir=str(run.parent))
+    store.set_submission(job.id, submission_id=f"ddray-{job.id}", job_dir=str(run.parent), run_location=str(run))
     store.finish(job.id, "succeeded", exit_code=0)
     (run / "results.json").write_text('{"local": [{"test_accuracy": NaN}], "timings_s": {"total_wall": 3.5}}')
     (run / "results.csv").write_text("model,acc\n")
@@ -432,6 +456,15 @@ def test_results_and_artifacts_of_a_finished_job(service, tmp_path):
     r = client.get(f"/jobs/{job.id}/artifacts/results.csv", headers=AUTH)
     assert r.status_code == 200 and r.text == "model,acc\n" and r.headers["content-type"].startswith("text/csv")
     assert client.get(f"/jobs/{job.id}/artifacts/accuracy.png", headers=AUTH).status_code == 404
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "dnn.pt").write_bytes(b"weights")
+    (tmp_path / "finished" / "secret.txt").write_text("not part of the run")
+    listing = client.get(f"/jobs/{job.id}/artifacts", headers=AUTH).json()
+    assert listing["files"] == ["checkpoints/dnn.pt", "results.csv", "results.json"] and listing["location"] == str(run)
+    assert client.get(f"/jobs/{job.id}/artifacts/checkpoints/dnn.pt", headers=AUTH).content == b"weights"
+    for escape in ("../secret.txt", "checkpoints/../../secret.txt", "%2E%2E/secret.txt", "/etc/passwd"):
+        r = client.get(f"/jobs/{job.id}/artifacts/{escape}", headers=AUTH)
+        assert r.status_code == 404 and "not part" not in r.text, (escape, r.text)
 
 
 def test_polling_fast_path_never_skips_the_token_check(service):

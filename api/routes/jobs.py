@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from api import files
 from api.deps import RunnerDep, SettingsDep, StoreDep, require_token
 from api.predict import UploadError, predict_files, safe_name
-from api.schemas import ErrorMessage, JobCreate, JobCreated, JobList, JobPublic, JobStatus, PredictionResponse
+from api.schemas import ArtifactList, ErrorMessage, JobCreate, JobCreated, JobList, JobPublic, JobStatus, PredictionResponse
 from api.security import PathNotAllowed, confine_config_paths
 from api.store import JobRecord, JobStore
 
@@ -50,23 +51,23 @@ def _succeeded(record: JobRecord, what: str) -> None:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobCreated,
-    responses={422: {"description": "invalid config (the detail names the field) or a data path outside the data roots"}},
+    responses={422: {"description": "invalid config (the detail names the field), or a data path or storage location outside the allowed prefixes"}},
 )
 def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, runner: RunnerDep, response: Response) -> JobCreated:
-    """Queue a job. It is recorded in the database before this returns; it runs when a slot is free."""
+    """Queue a job. It is recorded in the database before this returns; it runs when a slot is free.
+
+    ``dataset.path`` must lie under a data root (DDRAY_DATA_ROOTS: folders or URI
+    prefixes); ``storage`` under DDRAY_STORAGE or DDRAY_STORAGE_ROOTS. The job's
+    run is written under ``<storage>/<job id>``, never shared with another job.
+    """
     config = body.config.model_dump(mode="json")
     try:
-        config = confine_config_paths(config, settings.data_roots, settings.max_path_entries)
+        config = confine_config_paths(config, settings.data_roots, settings.allowed_storage, settings.max_path_entries)
     except PathNotAllowed as err:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["body", "config", *err.field.split(".")], "msg": err.message, "type": "path_not_allowed"}],
+            detail=[{"loc": ["body", "config", *err.field.split(".")], "msg": err.message, "type": err.kind}],
         ) from None
-    if config["dataset"].get("path") and not Path(config["dataset"]["path"]).exists():
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["body", "config", "dataset", "path"], "msg": "no such file or folder under the data roots", "type": "path_not_found"}],
-        )
     record = store.create(config, name=body.name)
     runner.wake()
     response.headers["Location"] = f"/jobs/{record.id}"
@@ -114,46 +115,65 @@ def cancel_job(job_id: JobId, store: StoreDep, runner: RunnerDep) -> JobCreated:
 
 @router.get("/{job_id}/results", responses={200: {"content": {"application/json": {}}, "description": "the run's results.json"}, **NOT_FOUND, **CONFLICT})
 def get_results(job_id: JobId, store: StoreDep, request: Request) -> JSONResponse:
-    """The run's ``results.json``."""
+    """The run's ``results.json`` (from the run folder on the head, else from the job's storage prefix)."""
     record = _job(store, job_id)
     _succeeded(record, "results")
     rd = files.run_dir(record)
     results = request.app.state.json_cache.read(rd / "results.json") if rd else None
     if results is None:
+        try:
+            _, data = files.read_artifact(record, "results.json")
+            results = json.loads(data) if data is not None else None
+        except (files.ArtifactNotFound, ValueError):
+            results = None
+    if results is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no results.json")
     return JSONResponse(_finite(results))
 
 
+@router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=NOT_FOUND)
+def list_artifacts(job_id: JobId, store: StoreDep) -> ArtifactList:
+    """Every file of the job's run (results, tables, plots, local CNN and DNN weights, baselines, log).
+
+    Once the job has ended they are listed from its storage prefix when it has one,
+    so the list is what survives the cluster; ``ddray download`` fetches them all.
+    """
+    record = _job(store, job_id)
+    location, names = files.list_artifacts(record)
+    return ArtifactList(job_id=job_id, location=location, files=names)
+
+
 @router.get(
-    "/{job_id}/artifacts/{name}",
-    responses={200: {"content": {t: {} for t in files.ARTIFACTS.values()}, "description": "the file"}, **NOT_FOUND},
+    "/{job_id}/artifacts/{name:path}",
+    responses={200: {"content": {t: {} for t in sorted(set(files.MEDIA_TYPES.values()))}, "description": "the file"}, **NOT_FOUND},
 )
 def get_artifact(
     job_id: JobId,
-    name: Annotated[str, PathParam(max_length=64, description=f"one of {', '.join(files.ARTIFACTS)}")],
+    name: Annotated[str, PathParam(max_length=300, description="a path listed by GET /jobs/{id}/artifacts, e.g. accuracy.png or checkpoints/dnn.pt")],
     store: StoreDep,
-) -> FileResponse:
-    """A file of the run: the accuracy plot, the result tables, its config or progress snapshot."""
+) -> Response:
+    """One file of the run: the accuracy plot, result tables, config, progress snapshot, model weights, log."""
     record = _job(store, job_id)
-    if name not in files.ARTIFACTS:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no artifact {name!r}; available: {', '.join(files.ARTIFACTS)}")
-    rd = files.run_dir(record)
-    path = rd / name if rd else None
-    if path is None or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no {name} (yet)")
-    return FileResponse(path, media_type=files.ARTIFACTS[name], filename=name)
+    try:
+        path, data = files.read_artifact(record, name)
+    except files.ArtifactNotFound as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(err)) from None
+    filename = name.rsplit("/", 1)[-1]
+    if path is not None:
+        return FileResponse(path, media_type=files.media_type(name), filename=filename)
+    return Response(data, media_type=files.media_type(name), headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=NOT_FOUND)
 def get_logs(
     job_id: JobId,
     store: StoreDep,
+    runner: RunnerDep,
     lines: Annotated[int | None, Query(ge=1, le=100_000, description="only the last N lines")] = None,
 ) -> PlainTextResponse:
-    """The driver's log (one line per epoch); at most the last MiB."""
+    """The driver's log from Ray Jobs (one line per epoch); at most the last MiB."""
     record = _job(store, job_id)
-    text = files.log_tail(Path(record.job_dir) / "log.txt", lines) if record.job_dir else ""
-    return PlainTextResponse(text)
+    return PlainTextResponse(files.tail(runner.logs(record), lines))
 
 
 @router.post("/{job_id}/predict", response_model=PredictionResponse, responses={**NOT_FOUND, **CONFLICT, 413: {"description": "upload too large"}})
@@ -167,8 +187,8 @@ async def predict(
     """Classify uploaded inputs with a finished job's local CNNs and DNN."""
     record = await run_in_threadpool(_job, store, job_id)
     _succeeded(record, "predictions")
-    rd = files.run_dir(record)
-    if rd is None or not rd.is_dir():
+    rd = await run_in_threadpool(files.local_run, record, settings.state_dir / "cache")
+    if rd is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no run folder with a trained model")
     from ddray.errors import USER_ERRORS
 
