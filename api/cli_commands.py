@@ -220,8 +220,13 @@ def _print_job(info: dict[str, Any]) -> None:
     t = info.get("timings") or {}
     if t.get("run_s") is not None:
         out.print(f"queued {t.get('queued_s', 0):.1f}s, running {t['run_s']:.1f}s", highlight=False)
+    if info.get("ray_job"):
+        out.print(f"Ray job {info['ray_job']}; run at {info.get('run_location') or '?'}", highlight=False)
     if info.get("error"):
         out.print(f"[red]error[/]: {info['error']}", highlight=False)
+    accuracies = ((info.get("results") or {}).get("aggregation")) or {}
+    if accuracies:
+        out.print("test accuracy: " + ", ".join(f"{m} {v:.4f}" for m, v in accuracies.items() if isinstance(v, (int, float))), highlight=False)
     subs = info.get("subdomains") or []
     if subs:
         table = Table(title="subdomains")

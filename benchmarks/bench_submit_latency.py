@@ -1,0 +1,85 @@
+"""Time from a REST submission to the first finished epoch, on a warm cluster.
+
+Starts its own service (``ddray serve``; by default with its own local Ray
+head, or joined to ``--ray-address``), waits until it is healthy (the cluster
+is warm: head, dashboard and Jobs API up), then submits the same small job
+``--repeats`` times, one after the other, and reads each job's milestones from
+``GET /jobs/{id}`` polled every 50 ms:
+
+* ``running``: the service claimed the job and Ray accepted the Ray job;
+* ``first epoch``: the first subdomain reported a finished epoch (the Ray job's
+  driver started, imported torch, loaded data, started its actors);
+* ``end``: the job succeeded.
+
+    .venv/bin/python benchmarks/bench_submit_latency.py [--repeats 3] [--ray-address HOST:PORT]
+
+Loopback only, bounded in time. Figures are medians over the repeats; the
+machine is shared, so quote ratios or medians, never a single run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from api.testing import Service, tiny_job  # noqa: E402
+
+
+def milestones(client, job_id: str, submitted: float, timeout: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    deadline = submitted + timeout
+    while time.perf_counter() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        now = time.perf_counter() - submitted
+        if job["status"] == "running":
+            out.setdefault("running", now)
+        if any((s.get("epoch") or 0) >= 1 for s in job["subdomains"]):
+            out.setdefault("first_epoch", now)
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
+            out["end"] = now
+            return out
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--ray-address", help="join this cluster instead of starting a local head")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ddray-bench-") as tmp:
+        extra = ["--ray-address", args.ray_address] if args.ray_address else ["--ray-num-cpus", "2", "--ray-object-store-mb", "200"]
+        svc = Service(Path(tmp) / "state", Path(tmp) / "data", extra_args=extra)
+        t0 = time.perf_counter()
+        svc.start(timeout=180)
+        print(f"service healthy (cluster warm) after {time.perf_counter() - t0:.1f} s")
+        rows = []
+        try:
+            with svc.client() as client:
+                for i in range(args.repeats):
+                    submitted = time.perf_counter()
+                    job_id = client.post("/jobs", json={"name": f"latency-{i}", "config": tiny_job(epochs=args.epochs)}).json()["id"]
+                    row = milestones(client, job_id, submitted, args.timeout)
+                    rows.append(row)
+                    print(f"job {i}: running {row.get('running', float('nan')):.2f} s, first epoch {row['first_epoch']:.2f} s, end {row['end']:.2f} s")
+        finally:
+            svc.stop()
+    for key in ("running", "first_epoch", "end"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            print(f"median {key:>11}: {statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")
+
+
+if __name__ == "__main__":
+    main()
