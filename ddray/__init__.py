@@ -22,13 +22,14 @@ if TYPE_CHECKING:
     from ddray.predict import TrainedRun
 
 
-def run(config: RunConfig | dict, output_dir: str, **kwargs: Any) -> dict[str, Any]:
-    """Run a job (see ``ddray.orchestration.driver.run`` for the keyword arguments)."""
+def run(config: RunConfig | dict, output_dir: str, run_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run a job; ``run_id`` defaults to ``<output folder name>-<UTC time>-<6 hex>`` (see
+    ``ddray.orchestration.driver.run`` for the keyword arguments: address, resume, num_cpus, console)."""
     from ddray.orchestration.driver import run as _run
 
     if isinstance(config, dict):
         config = parse_config(config)
-    return _run(config, output_dir, **kwargs)
+    return _run(config, output_dir, run_id, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train a job from a YAML config")
     p.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR with its saved config")
+    p.add_argument(
+        "--run-id",
+        help="the run's id and its folder name under storage (1-64 of A-Z a-z 0-9 . _ -; "
+        "default: <output folder name>-<UTC time>-<random hex>)",
+    )
     _add_run_args(p)
 
     p = sub.add_parser("demo", help="digits, 2x2 subdomains with overlap, on the embedded local Ray")
@@ -72,7 +77,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     else:
         console.print("[red]error[/]: give a CONFIG file or --resume RUN_DIR")
         return EXIT_BAD_INPUT
-    run(config, output, address=args.address, resume=bool(args.resume), num_cpus=args.num_cpus)
+    run(config, output, args.run_id, address=args.address, resume=bool(args.resume), num_cpus=args.num_cpus)
     return 0
 
 

@@ -228,7 +228,11 @@ def test_storage_and_dataset_as_uris(ray_cluster, tmp_path):
     )
     results = run(config, tmp_path / "uri-run")
     assert len(results["local"]) == 4
-    assert sorted(p.name for p in (tmp_path / "shared" / "uri-run" / "state").iterdir()) == [f"sub{i:03d}.ckpt" for i in range(4)]
+    info = json.loads((tmp_path / "uri-run" / "run.json").read_text())
+    assert info["storage"] == f"{(tmp_path / 'shared').as_uri()}/{info['run_id']}"  # the run's own prefix
+    prefix = tmp_path / "shared" / info["run_id"]
+    assert sorted(p.name for p in (prefix / "state").iterdir()) == [f"sub{i:03d}.ckpt" for i in range(4)]
+    assert (prefix / "results.json").read_bytes() == (tmp_path / "uri-run" / "results.json").read_bytes()  # folder copied
 
 
 def _cli(*args, cwd):

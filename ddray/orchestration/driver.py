@@ -8,7 +8,7 @@ fails in seconds and never half-way through a training.
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,35 +22,54 @@ from rich.console import Console
 from ddray import report
 from ddray.aggregation import accuracy, average_predict, stack_probabilities, vote_predict
 from ddray.config import RunConfig
-from ddray.data import Dataset, load_dataset
+from ddray.data import DataError, Dataset, load_dataset
 from ddray.decomposition import Subdomain, decompose
+from ddray.errors import JobFailed
 from ddray.orchestration.cluster import check_feasible, ray_session
 from ddray.orchestration.coarse import run_coarse_step
 from ddray.orchestration.local_phase import LocalTask, run_local_phase
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError, load_local_result, save_local_result
-from ddray.storage import is_uri, join, local_copy
+from ddray.storage import is_uri, local_copy, storage_base
 from ddray.training.local import LocalResult, LocalSettings
 
 
-def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool) -> RunDir:
-    """Refuse to overwrite a finished or partial run unless resuming it with the same config."""
-    base = config.storage or os.environ.get("DDRAY_STORAGE")  # configured once per cluster, e.g. on the head node
-    storage = join(base, Path(output_dir).resolve().name) if base else None
-    run_dir = RunDir(Path(output_dir).resolve(), storage=storage)  # absolute: Ray Train/Tune need it
-    if resume:
-        saved = run_dir.read_config()
-        if saved.model_dump() != config.model_dump():
-            raise RunDirError(
-                f"cannot resume {run_dir.root}: its config.yaml differs from the given config; "
-                f"resume with the saved config (ddray run --resume {run_dir.root}) or use a new --output"
-            )
-    elif run_dir.config.exists():
+def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool, run_id: str | None = None) -> RunDir:
+    """Check the output folder, run id and storage prefix; write nothing.
+
+    A fresh run gets ``run_id`` (default ``<folder name>-<UTC time>-<random hex>``) and the prefix
+    ``<storage base>/<run_id>``, which must be empty; an existing run folder is never overwritten.
+    A resumed run keeps the run id and prefix of its run.json, and its config must be unchanged.
+    """
+    if not resume:
+        return RunDir.fresh(output_dir, storage_base(config.storage), run_id)
+    run_dir = RunDir.existing(output_dir, run_id)
+    saved = run_dir.read_config()
+    if saved.model_dump() != config.model_dump():
         raise RunDirError(
-            f"{run_dir.root} already holds a ddray run; nothing was changed. "
-            f"Continue it with --resume, or choose another --output"
+            f"cannot resume {run_dir.root}: its config.yaml differs from the given config; "
+            f"resume with the saved config (ddray run --resume {run_dir.root}) or use a new --output"
         )
     return run_dir
+
+
+def load_data(config: RunConfig) -> Dataset:
+    """The run's data set; a ``dataset.path`` URI (s3://, gs://, file://) is fetched once, here on the driver."""
+    dataset_cfg = config.dataset
+    if not (dataset_cfg.path and is_uri(dataset_cfg.path)):
+        return load_dataset(dataset_cfg, seed=config.seed, grid=config.decomposition.grid, overlap=config.decomposition.overlap)
+    uri = dataset_cfg.path
+    with tempfile.TemporaryDirectory(prefix="ddray-data-") as cache:  # the arrays are in memory afterwards
+        local = local_copy(uri, cache)
+        try:
+            return load_dataset(
+                dataset_cfg.model_copy(update={"path": str(local)}),
+                seed=config.seed,
+                grid=config.decomposition.grid,
+                overlap=config.decomposition.overlap,
+            )
+        except DataError as err:  # name the URI the user gave, not the temporary copy
+            raise DataError(str(err).replace(str(local), uri)) from None
 
 
 def dataset_arrays(dataset: Dataset) -> dict[str, np.ndarray]:
@@ -67,31 +86,36 @@ def dataset_arrays(dataset: Dataset) -> dict[str, np.ndarray]:
 def run(
     config: RunConfig,
     output_dir: str | Path,
+    run_id: str | None = None,
     *,
     address: str | None = None,
     resume: bool = False,
     console: Console | None = None,
     num_cpus: int | None = None,
 ) -> dict[str, Any]:
-    """Run a whole ddray job and return the content of results.json."""
+    """Run a whole ddray job and return the content of results.json.
+
+    ``run_id`` names the run (default ``<output folder name>-<UTC time>-<6 hex>``); with a storage
+    base (``config.storage`` or ``$DDRAY_STORAGE``) the run owns ``<base>/<run_id>/`` and its whole
+    folder is copied there when it ends, however it ends.
+    """
     started = time.perf_counter()
     console = console or Console(stderr=True)
-    run_dir = prepare_run_dir(config, output_dir, resume)
-    dataset_cfg = config.dataset
-    if dataset_cfg.path and is_uri(dataset_cfg.path):  # s3://, gs://, file://: fetched once by the driver
-        dataset_cfg = dataset_cfg.model_copy(update={"path": str(local_copy(dataset_cfg.path))})
-    dataset = load_dataset(dataset_cfg, seed=config.seed, grid=config.decomposition.grid, overlap=config.decomposition.overlap)
+    run_dir = prepare_run_dir(config, output_dir, resume, run_id)
+    dataset = load_data(config)
     subdomains = decompose(dataset.spatial_shape, config.decomposition.grid, config.decomposition.overlap)
-    run_dir.create()
-    if not resume:
-        run_dir.write_config(config)
+    if resume:
+        run_dir.create()
+    else:
+        run_dir.claim(config)  # takes the storage prefix at once (run.json, config.yaml)
     report.write_json(run_dir.preprocessing, dataset.preprocessing.to_dict())
     report.write_json(run_dir.subdomains, [asdict(s) for s in subdomains])
     sizes = dataset.summary()
     console.print(
-        f"[bold]ddray[/]: {sizes['train']} train / {sizes['val']} val / "
+        f"[bold]ddray[/]: run {run_dir.run_id}: {sizes['train']} train / {sizes['val']} val / "
         f"{sizes['test']} test samples, shape {list(dataset.spatial_shape)}, "
         f"{dataset.num_classes} classes; {len(subdomains)} subdomains of grid {config.decomposition.grid}"
+        + (f"; storage {run_dir.storage}" if run_dir.storage else "")
     )
     tracker = ProgressTracker(run_dir.progress, len(subdomains), console)
     try:
@@ -99,14 +123,40 @@ def run(
             results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ddray cancel` (the CLI turns it into this)
         tracker.close("cancelled", error="interrupted; finished subdomains are kept, continue with ddray run --resume")
+        _save_to_storage(run_dir, console, strict=False)
         raise
     except BaseException as err:
         tracker.close("failed", error=str(err) or type(err).__name__)
+        _save_to_storage(run_dir, console, strict=False)
         raise
     tracker.close("done")
+    try:
+        _save_to_storage(run_dir, console, strict=True)
+    except JobFailed as err:  # the run's promise includes its copy in storage
+        tracker.close("failed", error=str(err))
+        raise
     report.print_table(results, Console())
-    console.print(f"[bold]ddray[/]: results in {run_dir.root}")
+    console.print(f"[bold]ddray[/]: results in {run_dir.root}" + (f" and {run_dir.storage}" if run_dir.storage else ""))
     return results
+
+
+def _save_to_storage(run_dir: RunDir, console: Console, *, strict: bool) -> None:
+    """Copy the run folder to its storage prefix. A failed copy fails a finished run (``strict``);
+    after a failure or cancellation it is reported beside the original error, which it never hides."""
+    if not run_dir.storage:
+        return
+    try:
+        copied = run_dir.save_to_storage()
+    except Exception as err:  # noqa: BLE001 - reported, or turned into JobFailed below
+        message = (
+            f"copying run folder {run_dir.root} to its storage prefix {run_dir.storage} failed: {err}; "
+            f"everything is kept in {run_dir.root}"
+        )
+        if strict:
+            raise JobFailed(message) from None
+        console.print(f"[red]error[/]: {message}", highlight=False)
+        return
+    console.print(f"[bold]ddray[/]: {copied} file(s) of {run_dir.root} copied to {run_dir.storage}")
 
 
 def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains: list[Subdomain], tracker: ProgressTracker, started: float) -> dict[str, Any]:

@@ -50,13 +50,11 @@ from ddray.training.local import LocalSettings
 
 
 def storage_location(config: RunConfig, run_dir: RunDir, leaf: str) -> str:
-    """Where Ray keeps checkpoints: ``storage`` (a shared folder or a URI such as s3://...) or the run folder.
-
-    Built as a string: a ``Path`` would turn ``s3://bucket`` into ``s3:/bucket``.
+    """Where Ray Tune/Train keep an experiment (their ``storage_path``): ``<run prefix>/<leaf>``, or
+    ``RUN/<leaf>`` without storage. The prefix is resolved once, by the run folder
+    (:meth:`ddray.run_dir.RunDir.location`); ``config`` is not consulted.
     """
-    if config.storage:
-        return f"{config.storage.rstrip('/')}/{run_dir.root.name}/{leaf}"
-    return str(run_dir.root / leaf)
+    return run_dir.location(leaf)
 
 
 def worker_resources(config: RunConfig) -> tuple[float, float]:

@@ -55,7 +55,7 @@ Design
   candidates either (their run was cut short). A subdomain without any
   finished trial raises :class:`SubdomainFailed` naming it.
 
-- Resume: the experiment lives at ``RUN/tune/search`` (or under ``storage``).
+- Resume: the experiment lives at ``RUN/tune/search`` (with storage: ``<run prefix>/tune/search``).
   ``Tuner.restore(..., resume_unfinished=True, resume_errored=True)``
   continues unfinished trials from their last checkpoint; trials of
   subdomains that were already finished return at once without training.
