@@ -134,15 +134,13 @@ def test_unreachable_bucket_is_refused_before_anything_is_written(s3, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bucket(s3):  # noqa: F811
+def bucket(s3, tmp_path_factory):  # noqa: F811
     """The moto bucket with the data set s3://BUCKET/data/x.npz."""
     s3.create_bucket(BUCKET)
     x, y = generate_count([16, 16], [1, 2], samples=240, channels=1, seed=1)
-    folder = Path(os.environ.get("TMPDIR", "/tmp"))
-    path = folder / f"ddray-test-data-{os.getpid()}.npz"
+    path = tmp_path_factory.mktemp("data") / "x.npz"
     np.savez(path, x=x, y=y)
     s3.client().upload_file(str(path), BUCKET, "data/x.npz")
-    path.unlink()
     return s3
 
 
