@@ -244,9 +244,6 @@ class RunDir:
         if not is_uri(self.state):
             Path(self.state).mkdir(parents=True, exist_ok=True)
 
-    def write_config(self, config: RunConfig) -> None:
-        self.config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-
     def read_config(self) -> RunConfig:
         if not self.config.exists():
             raise RunDirError(f"{self.root} is not a ddray run folder (no config.yaml)")
