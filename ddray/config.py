@@ -132,6 +132,14 @@ class ResourcesConfig(_Section):
     gpus_per_subdomain: float = Field(0.0, ge=0.0, description="fractional values share one GPU, e.g. 0.25")
     max_retries: int = Field(2, ge=0, description="restarts of a dead subdomain worker, resumed from its checkpoint")
     num_workers: int = Field(1, ge=1, description="Ray Train workers for the global / coherent baselines")
+    require_cuda: bool = Field(
+        False,
+        description=(
+            "with gpus_per_subdomain > 0: fail a subdomain whose worker sees no CUDA device instead of training it "
+            "on CPU (the default falls back to CPU with a warning in the job log; results.json local[i].device "
+            "says where each subdomain trained)"
+        ),
+    )
 
     @field_validator("gpus_per_subdomain")
     @classmethod
@@ -139,6 +147,12 @@ class ResourcesConfig(_Section):
         if gpus > 1 and gpus != int(gpus):
             raise ValueError("gpus_per_subdomain above 1 must be a whole number (e.g. 2), below 1 a fraction (e.g. 0.25)")
         return gpus
+
+    @model_validator(mode="after")
+    def _cuda_needs_gpu(self) -> "ResourcesConfig":
+        if self.require_cuda and self.gpus_per_subdomain == 0:
+            raise ValueError("require_cuda: true needs gpus_per_subdomain > 0 (e.g. 0.5); or drop require_cuda")
+        return self
 
 
 class BaselinesConfig(_Section):

@@ -4,10 +4,15 @@ Design:
 - The data set is put into the object store once by the driver; every actor
   receives the same reference and slices its own subdomain (a zero-copy view
   of shared memory on the same node, then one copy of 1/N of the pixels).
-- Actors are a pool sized to what the cluster can host at once (at most one
-  per subdomain). Each actor is started once (one ``import torch``) and takes
-  the next subdomain as soon as it is free; it is killed when no work is left,
-  so its resources go back to the cluster at once.
+- Actors are a pool sized to what the cluster can reach at once: the nodes
+  that are up plus what the autoscaler may still start (at most one actor per
+  subdomain, and never more busy processes on a node than its whole CPUs).
+  On a cold autoscaling cluster the pool's pending actors are the demand that
+  makes the autoscaler start nodes. Each actor is started once (one
+  ``import torch``) and gets a subdomain only once it is up, so work never
+  waits on a node that the autoscaler cannot (or not yet) start: whichever
+  actor is ready takes the next subdomain. An actor is killed as soon as no
+  work is left, so its resources (or its pending request) go back at once.
 - A worker that dies (node lost, out of memory, killed) is replaced by a new
   actor and its subdomain is submitted again, up to ``max_retries`` times per
   subdomain; the new attempt resumes from the per-epoch checkpoint, so no
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -29,10 +36,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ddray.decomposition import Subdomain
 from ddray.errors import SubdomainFailed
+from ddray.orchestration.cluster import cluster_shape, feasible_capacity
 from ddray.storage import checkpoint_location
-from ddray.training.local import LocalResult, LocalSettings, save_local_model, train_subdomain
+from ddray.training.local import CudaUnavailable, LocalResult, LocalSettings, cpu_threads, save_local_model, train_subdomain
 from ddray.training.loop import Callback
 
+
+WAIT_NOTICE_S = 30.0  # first 'still waiting for workers' notice (then every 2 min)
 
 WORKER_LOST = (
     ray.exceptions.RayActorError,
@@ -66,7 +76,8 @@ class SubdomainWorker:
     def __init__(self, cpus: float):
         import torch
 
-        torch.set_num_threads(max(1, int(cpus)))
+        # its CPU share (whole CPUs, at least one), also when a GPU worker falls back to CPU
+        torch.set_num_threads(cpu_threads(cpus))
 
     def where(self) -> dict:
         """Where this worker runs and its memory (benchmarks show the data is not copied N times)."""
@@ -116,20 +127,38 @@ def run_local_phase(
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     # never more busy processes than whole CPUs: fractional CPU shares still schedule,
-    # but packing more training processes than cores only adds start-up and memory
-    pool_size = max(1, min(slots, len(tasks), max_busy_processes()))
+    # but packing more training processes than cores only adds start-up and memory.
+    # Counted on what the cluster can reach, autoscaler node types included.
+    pool_size = max(1, min(slots, len(tasks), max_busy_processes(cpus, gpus)))
     # SPREAD: use every node's GPUs/CPUs before packing a second worker onto one node
     options = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
-    workers = [SubdomainWorker.options(**options).remote(cpus) for _ in range(pool_size)]
+    workers: list = []
+    starting: dict[ray.ObjectRef, Any] = {}  # actors not up yet (a pending one may wait for the autoscaler)
     pending_tasks = list(tasks)
     running: dict[ray.ObjectRef, tuple[Any, LocalTask]] = {}
     results: dict[int, LocalResult] = {}
     attempts: dict[int, int] = {}
+    start_failures = 0
+    began = time.monotonic()
+    next_notice = began + WAIT_NOTICE_S
+    any_ready = False
+
+    def start_worker() -> None:
+        worker = SubdomainWorker.options(**options).remote(cpus)
+        workers.append(worker)
+        starting[worker.where.remote()] = worker
 
     def submit(worker) -> None:
         task = pending_tasks.pop(0)
         ref = worker.train.remote(task.sub, data_ref, task.settings, task.checkpoint_path, queue)
         running[ref] = (worker, task)
+
+    def release(worker) -> None:
+        workers.remove(worker)
+        try:
+            ray.kill(worker)  # give its CPU/GPU (or its pending request) back now
+        except Exception:
+            pass
 
     def drain() -> None:
         while True:
@@ -143,13 +172,45 @@ def run_local_phase(
                 on_event(event)
 
     try:
-        for worker in workers:
-            if pending_tasks:
-                submit(worker)
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
+        for _ in range(pool_size):
+            start_worker()
+        while pending_tasks or running:
+            if not running and not starting:  # every worker was lost before it could take work
+                start_worker()
+            done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=poll_s)
             drain()
+            now = time.monotonic()
+            if starting and not any_ready and now >= next_notice:
+                print(
+                    f"[ddray] waiting {now - began:.0f} s for {len(starting)} subdomain worker(s) asking "
+                    f"CPU {cpus:g}, GPU {gpus:g} each to start (an autoscaling cluster starts nodes for them; "
+                    f"see `ray status` on the head)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                next_notice = now + 4 * WAIT_NOTICE_S
             for ref in done:
+                if ref in starting:
+                    worker = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except (*WORKER_LOST, ray.exceptions.RayTaskError) as err:
+                        workers.remove(worker)
+                        start_failures += 1
+                        if start_failures > max_retries + pool_size:
+                            raise SubdomainFailed(
+                                f"subdomain workers could not start ({start_failures} attempts); "
+                                f"last cause: {_short(err)}"
+                            ) from None
+                        if pending_tasks:
+                            start_worker()
+                        continue
+                    any_ready = True
+                    if pending_tasks:
+                        submit(worker)
+                    else:
+                        release(worker)
+                    continue
                 worker, task = running.pop(ref)
                 try:
                     result, where = ray.get(ref)
@@ -163,14 +224,14 @@ def run_local_phase(
                             f"Finished subdomains and checkpoints are kept; rerun with --resume to continue."
                         ) from None
                     on_event({"subdomain": index, "status": "retrying", "attempt": attempts[index], "cause": _short(err, 200)})
-                    workers.remove(worker)
-                    worker = SubdomainWorker.options(**options).remote(cpus)
-                    workers.append(worker)
-                    pending_tasks.insert(0, task)
-                    submit(worker)
+                    release(worker)
+                    pending_tasks.insert(0, task)  # the next worker that is up resumes it from its checkpoint
+                    start_worker()
                     continue
                 except ray.exceptions.RayTaskError as err:
-                    raise SubdomainFailed(f"subdomain {task.sub.index} failed: {_short(err)}") from None
+                    cause = getattr(err, "cause", None)
+                    detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, CudaUnavailable) else _short(err)
+                    raise SubdomainFailed(f"subdomain {task.sub.index} failed: {detail}") from None
                 save_local_model(task.model_path, result)
                 result.model_state = None  # written; do not keep every model in driver memory
                 results[task.sub.index] = result
@@ -179,7 +240,7 @@ def run_local_phase(
                 if pending_tasks:
                     submit(worker)
                 else:
-                    ray.kill(worker)  # give its CPU/GPU back now
+                    release(worker)
         drain()
     finally:
         for worker in workers:
@@ -194,8 +255,15 @@ def run_local_phase(
     return [results[t.sub.index] for t in tasks]
 
 
-def max_busy_processes() -> int:
-    return max(1, int(sum(math.floor(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive"))))
+def max_busy_processes(cpus: float = 1.0, gpus: float = 0.0) -> int:
+    """Busy workers asking (cpus, gpus) the reachable cluster should run at once: per node at most its whole CPUs.
+
+    Reachable: the nodes that are up plus what the autoscaler may still start.
+    """
+    try:
+        return max(1, feasible_capacity(cluster_shape(), cpus, gpus).busy)
+    except Exception:  # infeasible requests are refused earlier (check_feasible); fall back to alive CPUs
+        return max(1, int(sum(math.floor(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive"))))
 
 
 def _short(err: BaseException, limit: int = 600) -> str:

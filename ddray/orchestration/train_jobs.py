@@ -43,7 +43,7 @@ from ddray.config import RunConfig
 from ddray.data import Dataset
 from ddray.decomposition import Subdomain
 from ddray.errors import BaselineFailed, ResourceError
-from ddray.orchestration.cluster import alive_nodes, slots_per_node
+from ddray.orchestration.cluster import ClusterShape, cluster_shape, feasible_capacity
 from ddray.run_dir import RunDir
 from ddray.training.baselines import BASELINE_NAMES, BaselineSettings, TransferStart
 from ddray.training.local import LocalSettings
@@ -63,18 +63,25 @@ def worker_resources(config: RunConfig) -> tuple[float, float]:
     return res.cpus_per_subdomain, (1.0 if res.gpus_per_subdomain > 0 else 0.0)
 
 
-def check_baselines_feasible(config: RunConfig) -> None:
-    """Raise ResourceError unless the cluster can host ``num_workers`` Train workers at once."""
+def check_baselines_feasible(config: RunConfig, shape: ClusterShape | None = None) -> None:
+    """Raise ResourceError unless the cluster can reach ``num_workers`` Train workers at once.
+
+    Reachable: the nodes that are up plus what the autoscaler may still start
+    (``shape``, default: asked from the running cluster). On a cold cluster the
+    Train job's pending placement group makes the autoscaler start the nodes.
+    """
     cpus, gpus = worker_resources(config)
-    nodes = alive_nodes()
-    slots = sum(slots_per_node(n, cpus, gpus) for n in nodes)
     workers = config.resources.num_workers
-    if slots < workers:
-        have = ", ".join(f"CPU {n.cpus:g}, GPU {n.gpus:g}" for n in nodes) or "no alive nodes"
-        raise ResourceError(
-            f"compare: {config.compare} needs {workers} Ray Train worker(s) of CPU {cpus:g}, GPU {gpus:g} at once, "
-            f"but the cluster can host {slots} ({have}); lower resources.num_workers or join a larger cluster"
+    try:
+        feasible_capacity(
+            cluster_shape() if shape is None else shape, cpus, gpus,
+            what="Ray Train worker(s)", workers=workers, request=f"CPU {cpus:g}, GPU {gpus:g} each",
         )
+    except ResourceError as err:
+        raise ResourceError(
+            f"compare: {config.compare} needs {workers} Ray Train worker(s) at once, each with "
+            f"resources.cpus_per_subdomain CPUs and one whole GPU when gpus_per_subdomain > 0. {err}"
+        ) from None
 
 
 def baseline_settings(config: RunConfig, dataset: Dataset, name: str) -> BaselineSettings:

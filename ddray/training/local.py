@@ -7,6 +7,9 @@ all call ``train_subdomain`` with the same arguments, so they do the same work.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ import torch
 
 from ddray.decomposition import Subdomain
 from ddray.models import count_parameters, create_model
-from ddray.training.loop import Callback, OptimizerSettings, evaluate, fit, predict_proba, select_device
+from ddray.training.loop import Callback, OptimizerSettings, evaluate, fit, predict_proba
 
 SPLITS = ("train", "val", "test")
 
@@ -39,6 +42,8 @@ class LocalSettings:
     spatial_dims: int = 2
     seed: int = 0
     use_gpu: bool = False
+    gpus: float = 0.0  # the GPU share asked for (resources.gpus_per_subdomain), for messages
+    require_cuda: bool = False  # fail instead of falling back to CPU when no CUDA device is visible
 
     @classmethod
     def from_config(cls, config, *, num_classes: int, in_channels: int, overrides: Mapping | None = None) -> "LocalSettings":
@@ -58,6 +63,8 @@ class LocalSettings:
             spatial_dims=config.spatial_dims,
             seed=config.seed,
             use_gpu=config.resources.gpus_per_subdomain > 0,
+            gpus=config.resources.gpus_per_subdomain,
+            require_cuda=config.resources.require_cuda,
         )
         values.update(overrides or {})
         return cls(**values)
@@ -81,6 +88,7 @@ class LocalResult:
     settings: dict = field(default_factory=dict)
     subdomain_spec: dict = field(default_factory=dict)
     model_state: dict | None = None  # selected weights on CPU; the driver writes them where it keeps runs
+    device: str = "cpu"  # where it trained: "cpu", "cuda:0", ...
 
     def summary(self) -> dict:
         """JSON-safe view for results.json (no arrays)."""
@@ -93,7 +101,48 @@ class LocalResult:
             "parameters": self.parameters,
             "train_seconds": round(self.train_seconds, 3),
             "resumed_from_epoch": self.resumed_from_epoch,
+            "device": self.device,
         }
+
+
+class CudaUnavailable(RuntimeError):
+    """``resources.require_cuda`` is set but the worker sees no CUDA device."""
+
+
+def cpu_threads(cpus: float) -> int:
+    """Torch threads for a CPU share: its whole CPUs, at least one (0.5 CPU -> 1, 2.5 CPU -> 2)."""
+    return max(1, math.floor(cpus + 1e-9))
+
+
+def cuda_diagnosis() -> str:
+    """Why CUDA is not usable here, in one line (names CUDA_VISIBLE_DEVICES and torch's CUDA build)."""
+    built = f"torch {torch.__version__} built for CUDA {torch.version.cuda}" if torch.version.cuda else f"torch {torch.__version__} is a CPU-only build"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"torch.cuda.is_available() is False (CUDA_VISIBLE_DEVICES={visible if visible is not None else 'unset'}, {built})"
+
+
+def training_device(settings: LocalSettings, subdomain: int) -> torch.device:
+    """The device a subdomain trains on: CUDA when it asked for a GPU and one is visible, else CPU.
+
+    A GPU request without a usable CUDA device (a logical Ray GPU on a CPU
+    machine, a driver too old for torch's CUDA build, a CPU-only torch) falls
+    back to CPU with a warning on stderr, which Ray forwards to the job log; with
+    ``require_cuda`` it raises ``CudaUnavailable`` instead, before any training.
+    """
+    if not settings.use_gpu:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    asked = f"subdomain {subdomain}: asked for {settings.gpus:g} GPU but {cuda_diagnosis()}"
+    if settings.require_cuda:
+        raise CudaUnavailable(
+            f"{asked}; resources.require_cuda is true, so it does not train on CPU. Fix: run on nodes whose NVIDIA "
+            f"driver supports torch's CUDA build (torch 2.14.1 wheels are CUDA 13.0 builds: driver >= 580; "
+            f"see docs/deploy.md), install a CUDA build of torch there, or set resources.require_cuda: false to "
+            f"allow the CPU fallback"
+        )
+    print(f"[ddray] WARNING {asked}; training on CPU with {torch.get_num_threads()} threads", file=sys.stderr, flush=True)
+    return torch.device("cpu")
 
 
 def subdomain_tensors(arrays: Mapping[str, np.ndarray], sub: Subdomain) -> dict[str, torch.Tensor]:
@@ -134,11 +183,11 @@ def train_subdomain(
     ``checkpoint_path`` holds the resumable training state; ``model_path`` gets
     the selected weights (the checkpoint users and ``ddray predict`` load).
     """
+    device = training_device(settings, sub.index)  # before any work: require_cuda fails here
     started = time.perf_counter()
     torch.manual_seed(settings.seed * 1009 + sub.index)
     data = subdomain_tensors(arrays, sub)
     model = build_local_model(settings)
-    device = select_device(settings.use_gpu)
     outcome = fit(
         model,
         data["x_train"],
@@ -169,6 +218,7 @@ def train_subdomain(
         settings=asdict(settings),
         subdomain_spec=asdict(sub),
         model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        device=str(device),
     )
     if model_path is not None:
         save_local_model(model_path, result)
