@@ -248,7 +248,7 @@ def test_head_starts_ray_then_ddray_serve(config):
         assert flag in head_start
     serve = serve_command(config)
     assert commands.index(serve) > ray_start[0], "ddray serve must start after the Ray head"
-    assert "nohup ddray serve --host 0.0.0.0 --port 8000" in serve
+    assert "nohup ddray serve --host 0.0.0.0 --port 8000 --ray-address auto" in serve  # jobs join this cluster
     for var in ("DDRAY_API_TOKEN=", "DDRAY_DATA_ROOTS=", "DDRAY_STORAGE="):
         assert var in serve
     # A `#` inside the folded command would comment out the rest of the line.
@@ -313,3 +313,70 @@ def test_values_to_change_are_marked(cluster_file):
             assert var and re.search(rf"CHANGE.*{var.group(1)}", comments), (
                 f"{cluster_file.name}:{number}: placeholder without a CHANGE comment"
             )
+
+
+# --- GPU drivers and scale-up ---------------------------------------------------
+
+MIN_DRIVER = 580  # torch 2.14.1 wheels are CUDA 13.0 builds
+
+
+def test_torch_pin_is_a_cuda_13_build():
+    """The driver floor below follows from the torch pin: re-check both when the pin moves."""
+    assert pyproject_pins()["torch"] == "torch==2.14.1"
+
+
+def test_stopped_nodes_are_cached(config):
+    """Scale-up restarts stopped workers (wheels installed) instead of installing ~4 GB on a new node."""
+    assert config["provider"].get("cache_stopped_nodes") is True
+
+
+def test_gpu_images_have_a_driver_for_torchs_cuda(cluster_file, config):
+    lines = cluster_file.read_text().splitlines()
+    for name, node in worker_types(config).items():
+        if config["provider"]["type"] == "gcp":
+            images = [d["initializeParams"]["sourceImage"] for d in node["node_config"]["disks"] if d.get("boot")]
+            assert len(images) == 1, name
+            driver = re.search(r"nvidia-(\d+)", images[0])
+            assert driver and int(driver.group(1)) >= MIN_DRIVER, f"{name}: {images[0]} must be an nvidia-{MIN_DRIVER}+ family"
+            key = "sourceImage:"
+        else:
+            key = "ImageId:"
+        # AWS: every ImageId (head and workers share the DLAMI); GCP: the GPU images
+        image_lines = [line for line in lines if line.strip().startswith(key) and ("ami-" in line or "nvidia" in line)]
+        assert image_lines and all(f"driver >= {MIN_DRIVER}" in line for line in image_lines), (
+            f"{cluster_file.name}: every {key} line needs a '# CHANGE' comment naming NVIDIA driver >= {MIN_DRIVER}"
+        )
+
+
+def test_gpu_workers_refuse_an_old_driver(config):
+    """Every worker runs the driver check after the shared setup (a per-type list would replace both)."""
+    prepared = validate_ray_up(config)
+    worker_setup = prepared["worker_setup_commands"]
+    install = next(i for i, c in enumerate(worker_setup) if "pip install" in c and "torch==" in c)
+    check = next(i for i, c in enumerate(worker_setup) if f"-ge {MIN_DRIVER}" in c)
+    assert install < check and "torch.cuda.is_available()" in worker_setup[check]
+    for name, node in worker_types(config).items():
+        assert "worker_setup_commands" not in node, f"{name}: would drop setup_commands on its nodes"
+
+
+@pytest.mark.parametrize("driver, ok", [("570.195.03", False), ("", False), ("580.105.08", True), ("595.71.05", True)])
+def test_driver_check_command(config, tmp_path, driver, ok):
+    """The check itself, with stand-ins for lspci, nvidia-smi and python on PATH."""
+    import subprocess
+
+    check = next(c for c in config["worker_setup_commands"] if f"-ge {MIN_DRIVER}" in c)
+    fakes = {
+        "lspci": "echo '00:1e.0 3D controller: NVIDIA Corporation TU104GL [Tesla T4]'",
+        "nvidia-smi": f"[ -n '{driver}' ] && echo '{driver}' || exit 9",
+        "python": "exit 0",  # torch sees the GPU
+    }
+    for name, body in fakes.items():
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", "-c", check], env=env, capture_output=True, text=True, timeout=30)
+    assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
+    if not ok:
+        assert f"older than {MIN_DRIVER}" in proc.stdout and "docs/deploy.md" in proc.stdout
+    (tmp_path / "lspci").write_text("#!/bin/sh\nexit 0\n")  # no NVIDIA device: nothing to check
+    assert subprocess.run(["bash", "-c", check], env=env, capture_output=True, timeout=30).returncode == 0
