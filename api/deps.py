@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.runner import Runner
-from api.security import token_matches, unauthorized
+from api.security import token_problem, unauthorized
 from api.settings import ServiceSettings
 from api.store import JobStore
 
@@ -40,8 +40,12 @@ async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> None:
-    """401 unless the request carries ``Authorization: Bearer <DDRAY_API_TOKEN>``."""
-    if credentials is None:
-        raise unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    if not token_matches(credentials.credentials, settings.token):
-        raise unauthorized("invalid bearer token")
+    """401 unless the request carries ``Authorization: Bearer <DDRAY_API_TOKEN>``.
+
+    Under ``/jobs`` the ASGI :class:`api.main.TokenGate` has already refused a
+    request without it (before its body was read); this dependency is the
+    same check for routes elsewhere, and what declares the scheme in OpenAPI.
+    """
+    problem = token_problem(credentials.credentials if credentials else None, settings.token)
+    if problem is not None:
+        raise unauthorized(problem)

@@ -111,6 +111,7 @@ class JobRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_lock = threading.Lock()  # ticks (worker thread) and the final stop never overlap
         self._stop_sent: set[str] = set()
+        self._over_time: dict[str, str] = {}  # submission id -> why the service stopped it
         self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -212,11 +213,26 @@ class JobRunner:
                 continue
             status = str(getattr(info.status, "value", info.status))
             if status in TERMINAL:
-                self._finish(record, sid, status, info)
-            elif record.cancel_requested and sid not in self._stop_sent:
-                log.info("cancelling job %s (Ray job %s)", record.id, sid)
-                self.cluster.jobs().stop_job(sid)
-                self._stop_sent.add(sid)
+                self._finish(record, sid, status, info, reason=self._over_time.pop(sid, None))
+            elif sid not in self._stop_sent:
+                over = self._time_limit_exceeded(record)
+                if record.cancel_requested or over:
+                    log.info("stopping job %s (Ray job %s): %s", record.id, sid, over or "cancelled")
+                    if over:
+                        self._over_time[sid] = over
+                    self.cluster.jobs().stop_job(sid)
+                    self._stop_sent.add(sid)
+
+    def _time_limit_exceeded(self, record: JobRecord) -> str | None:
+        """Why a job has run too long (the service's DDRAY_MAX_JOB_SECONDS or its own resources.max_runtime_s), or None."""
+        limits = {"DDRAY_MAX_JOB_SECONDS": self.settings.max_job_seconds}
+        own = (record.config.get("resources") or {}).get("max_runtime_s")
+        if isinstance(own, (int, float)):
+            limits["resources.max_runtime_s"] = float(own)
+        name, limit = min(((k, v) for k, v in limits.items() if v), key=lambda kv: kv[1], default=(None, None))
+        if limit is None or record.started_at is None or time.time() - record.started_at <= limit:
+            return None
+        return f"stopped after the time limit of {limit:g} s ({name}); finished subdomains are kept in its run"
 
     def _finish(self, record: JobRecord, sid: str, status: str, info: Any, reason: str | None = None) -> None:
         text = ""

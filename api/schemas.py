@@ -111,9 +111,9 @@ class ClusterHealth(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "starting", "degraded"]
-    database: str
-    ray: ClusterHealth
-    jobs: dict[str, int]
+    database: str | None = Field(None, description="with the token only")
+    ray: ClusterHealth | None = Field(None, description="with the token only")
+    jobs: dict[str, int] | None = Field(None, description="with the token only")
 
 
 class ErrorMessage(BaseModel):

@@ -36,6 +36,15 @@ def token_matches(given: str | None, expected: str) -> bool:
     return given is not None and secrets.compare_digest(given.encode(), expected.encode())
 
 
+def token_problem(given: str | None, expected: str) -> str | None:
+    """Why a request's bearer credentials are refused, or None when they are the token (constant-time)."""
+    if given is None:
+        return "missing bearer token: send 'Authorization: Bearer <token>'"
+    if not token_matches(given, expected):
+        return "invalid bearer token"
+    return None
+
+
 def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 

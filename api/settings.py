@@ -42,7 +42,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DDRAY_", extra="ignore", validate_default=True)
 
     api_token: SecretStr | None = Field(None, description="bearer token every request but /healthz must carry")
-    dev: bool = Field(False, description="development mode: make a random token when none is set")
+    dev: bool = Field(False, description="development mode: make a random strong token when none is set")
     data_roots: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="folders or URI prefixes (s3://bucket/data) that dataset paths may lie under (colon-separated in the environment)",
@@ -65,6 +65,10 @@ class ServiceSettings(BaseSettings):
     ray_start_timeout_s: float = Field(120.0, gt=0)
     job_nice: int = Field(5, ge=0, le=19, description="niceness of the local Ray head (so its workers) and of job drivers: the web process keeps priority")
     max_concurrent_jobs: int = Field(1, ge=0, description="jobs running at once; 0 pauses dispatch (jobs stay queued)")
+    max_queued_jobs: int = Field(100, ge=1, description="jobs waiting at once; more submissions get 429 with Retry-After")
+    max_job_seconds: float | None = Field(
+        86400.0, gt=0, description="longest a job may run before the service stops it (resources.max_runtime_s may ask for less)"
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest predict upload (all files together)")
     cancel_grace_s: float = Field(10.0, ge=0, description="seconds between SIGTERM and SIGKILL when cancelling")
@@ -106,8 +110,11 @@ class ServiceSettings(BaseSettings):
                     "use --dev for a random development token"
                 )
             self.api_token = SecretStr(secrets.token_urlsafe(32))
-        elif not self.dev and (token.lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH):
-            raise SettingsError(f"DDRAY_API_TOKEN is too weak: use at least {MIN_TOKEN_LENGTH} random characters")
+        elif token.lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:  # development mode too
+            raise SettingsError(
+                f"DDRAY_API_TOKEN is too weak: use at least {MIN_TOKEN_LENGTH} random characters "
+                "(or leave it unset with --dev for a random one)"
+            )
         return self
 
     # -- derived ---------------------------------------------------------

@@ -79,11 +79,57 @@ def test_every_endpoint_needs_the_token(service, method, path, headers):
     assert store.list()[1] == 0 and fake.wakes == 0
 
 
-def test_healthz_is_open(service):
+def test_healthz_is_open_but_shows_details_only_with_the_token(service):
     client, *_ = service
     r = client.get("/healthz")
-    assert r.status_code == 200
-    assert r.json()["database"] == "ok" and r.json()["jobs"] == {"queued": 0, "running": 0}
+    assert r.status_code == 200 and r.json() == {"status": "ok"}  # no resources, counts or errors for strangers
+    assert client.get("/healthz", headers={"Authorization": "Bearer wrong-token-0123456789"}).json() == {"status": "ok"}
+    r = client.get("/healthz", headers=AUTH)
+    assert r.json()["database"] == "ok" and r.json()["jobs"] == {"queued": 0, "running": 0} and r.json()["ray"]["status"] == "paused"
+
+
+def test_tokenless_uploads_are_refused_before_the_body_is_read(service):
+    """The gate answers 401 from the headers; the client's body is never consumed (nothing is spooled)."""
+    client, *_ = service
+    app = client.app
+    sent = {"bytes": 0}
+
+    def body():
+        for _ in range(64):  # 64 MiB offered in chunks; only what the server pulls is produced
+            sent["bytes"] += 1024 * 1024
+            yield b"x" * (1024 * 1024)
+
+    import asyncio
+
+    async def call() -> int:
+        messages = []
+        chunks = body()
+
+        async def receive():
+            chunk = next(chunks, None)
+            return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+        async def send(message):
+            messages.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/jobs/0123456789ab/predict", "raw_path": b"/jobs/0123456789ab/predict",
+                 "query_string": b"", "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
+                 "http_version": "1.1", "scheme": "http", "server": ("testserver", 80), "client": ("127.0.0.1", 1), "root_path": ""}
+        await app(scope, receive, send)
+        return messages[0]["status"]
+
+    assert asyncio.run(call()) == 401
+    assert sent["bytes"] == 0
+
+
+def test_the_queue_is_bounded(tmp_path):
+    settings = ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "s", max_queued_jobs=2)
+    app = create_app(settings)
+    app.dependency_overrides[get_runner] = FakeRunner
+    with TestClient(app) as client:
+        assert [submit(client).status_code for _ in range(2)] == [201, 201]
+        r = submit(client)
+        assert r.status_code == 429 and r.headers["retry-after"] == "30" and "DDRAY_MAX_QUEUED_JOBS" in r.json()["detail"]
 
 
 def test_openapi_documents_every_endpoint_and_the_bearer_scheme(service):

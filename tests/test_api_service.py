@@ -59,7 +59,7 @@ def cli(svc: Service, *args: str) -> subprocess.CompletedProcess:
 
 
 def cpus(svc: Service) -> tuple[float, float]:
-    ray = httpx.get(f"{svc.url}/healthz", timeout=10).json()["ray"]
+    ray = httpx.get(f"{svc.url}/healthz", headers=svc.headers, timeout=10).json()["ray"]
     return ray["available"].get("CPU", 0.0), ray["total"].get("CPU", 0.0)
 
 

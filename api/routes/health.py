@@ -1,13 +1,21 @@
-"""/healthz: the service, its database and the Ray cluster (no token needed; no addresses shown)."""
+"""/healthz: the service, its database and the Ray cluster.
+
+Without the token it says only ok / starting / degraded (what a load balancer
+needs); the details (resources, job counts, cluster errors) need the token.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
-from api.deps import RunnerDep, StoreDep
+from api.deps import RunnerDep, SettingsDep, StoreDep, bearer_scheme
 from api.schemas import Health
+from api.security import token_problem
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +24,13 @@ RAY_STARTING = ("starting", "stopped")
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "database or Ray unreachable"}})
-async def healthz(store: StoreDep, runner: RunnerDep) -> JSONResponse:
+async def healthz(
+    store: StoreDep,
+    runner: RunnerDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> JSONResponse:
+    """Health for anyone; with the bearer token also the database, Ray resources and job counts."""
     try:
         counts = await run_in_threadpool(store.count, ["queued", "running"])
         database = "ok"
@@ -29,5 +43,7 @@ async def healthz(store: StoreDep, runner: RunnerDep) -> JSONResponse:
         overall, code = "starting", 200
     else:
         overall, code = "ok", 200
+    if token_problem(credentials.credentials if credentials else None, settings.token) is not None:
+        return JSONResponse({"status": overall}, status_code=code)
     body = Health(status=overall, database=database, ray=ray, jobs=counts)
-    return JSONResponse(body.model_dump(mode="json"), status_code=code)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=code)

@@ -51,7 +51,10 @@ def _succeeded(record: JobRecord, what: str) -> None:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobCreated,
-    responses={422: {"description": "invalid config (the detail names the field), or a data path or storage location outside the allowed prefixes"}},
+    responses={
+        422: {"description": "invalid config (the detail names the field), or a data path or storage location outside the allowed prefixes"},
+        429: {"model": ErrorMessage, "description": "the queue is full (DDRAY_MAX_QUEUED_JOBS); see Retry-After"},
+    },
 )
 def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, runner: RunnerDep, response: Response) -> JobCreated:
     """Queue a job. It is recorded in the database before this returns; it runs when a slot is free.
@@ -60,6 +63,12 @@ def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, runner: 
     prefixes); ``storage`` under DDRAY_STORAGE or DDRAY_STORAGE_ROOTS. The job's
     run is written under ``<storage>/<job id>``, never shared with another job.
     """
+    if store.count(["queued"])["queued"] >= settings.max_queued_jobs:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"{settings.max_queued_jobs} jobs are already queued (DDRAY_MAX_QUEUED_JOBS); submit again once some have started",
+            headers={"Retry-After": "30"},
+        )
     config = body.config.model_dump(mode="json")
     try:
         config = confine_config_paths(config, settings.data_roots, settings.allowed_storage, settings.max_path_entries)
