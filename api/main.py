@@ -7,7 +7,9 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import ddray
@@ -150,6 +152,19 @@ class JobPollFastPath:
         await self.app(scope, receive, send)
 
 
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field and problem; the offending input is not echoed.
+
+    FastAPI's default echoes ``input``, which breaks on non-finite numbers
+    (``"lr": NaN`` became a 500) and repeats whatever a client sent.
+    """
+    detail = [
+        {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")).removeprefix("Value error, ")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 def _runner_of(app: FastAPI) -> Runner:
     """The runner the routes will see: a ``dependency_overrides[get_runner]`` (zero-argument) wins."""
     override = app.dependency_overrides.get(get_runner)
@@ -186,6 +201,7 @@ def create_app(settings: ServiceSettings, runner: Runner | None = None, store: J
     app.state.json_cache = JsonFileCache()
     app.state.job_views = JobViewCache()
     app.state.models = ModelCache()
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)

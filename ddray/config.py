@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ddray.limits import Limits, env_name
+
 DATA_SOURCES = ("digits", "npz", "imagefolder", "cifar10", "synthetic")
 SYNTHETIC_KINDS = ("count", "blobs")
 AGGREGATION_METHODS = ("dnn", "average", "vote")
@@ -24,7 +26,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Section):
@@ -132,6 +134,9 @@ class ResourcesConfig(_Section):
     gpus_per_subdomain: float = Field(0.0, ge=0.0, description="fractional values share one GPU, e.g. 0.25")
     max_retries: int = Field(2, ge=0, description="restarts of a dead subdomain worker, resumed from its checkpoint")
     num_workers: int = Field(1, ge=1, description="Ray Train workers for the global / coherent baselines")
+    max_runtime_s: float | None = Field(
+        None, gt=0, description="the REST service stops the job after this many seconds (its DDRAY_MAX_JOB_SECONDS caps it)"
+    )
     require_cuda: bool = Field(
         False,
         description=(
@@ -244,17 +249,73 @@ class RunConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _within_limits(self) -> "RunConfig":
+        problems = limit_problems(self, Limits())
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
     @property
     def spatial_dims(self) -> int:
         return len(self.decomposition.grid)
+
+
+def _product(values: list[int] | None) -> int:
+    n = 1
+    for v in values or []:
+        n *= v
+    return n
+
+
+def limit_problems(config: "RunConfig", limits: Limits) -> list[str]:
+    """Every value over its bound, as 'field: value is above the limit N (set DDRAY_MAX_X to lift it)'."""
+    ds, t, res = config.dataset, config.training, config.resources
+    checks: list[tuple[str, float | None, str]] = [
+        ("training.epochs", t.epochs, "epochs"),
+        ("baselines.epochs", config.baselines.epochs, "epochs"),
+        ("aggregation.dnn.epochs", config.aggregation.dnn.epochs, "epochs"),
+        ("decomposition.grid (subdomains)", config.decomposition.num_subdomains, "subdomains"),
+        ("dataset.size (pixels)", _product(ds.size) if ds.source == "synthetic" else None, "image_pixels"),
+        ("dataset.image_size (pixels)", _product(ds.image_size) if ds.image_size else None, "image_pixels"),
+        ("dataset.samples", ds.samples, "samples"),
+        ("dataset.limit", ds.limit, "samples"),
+        ("dataset.channels", ds.channels, "channels"),
+        ("aggregation.dnn.hidden", max(config.aggregation.dnn.hidden, default=None), "hidden"),
+        ("aggregation.dnn.hidden (layers)", len(config.aggregation.dnn.hidden), "hidden_layers"),
+        ("training.batch_size", t.batch_size, "batch_size"),
+        ("aggregation.dnn.batch_size", config.aggregation.dnn.batch_size, "batch_size"),
+        ("baselines.batch_size", config.baselines.batch_size, "batch_size"),
+        ("resources.cpus_per_subdomain", res.cpus_per_subdomain, "cpus_per_subdomain"),
+        ("resources.gpus_per_subdomain", res.gpus_per_subdomain, "gpus_per_subdomain"),
+        ("resources.num_workers", res.num_workers, "workers"),
+        ("resources.max_retries", res.max_retries, "retries"),
+    ]
+    if config.tune is not None:
+        checks.append(("tune.num_samples", config.tune.num_samples, "trials"))
+        for key, bound in (("epochs", "epochs"), ("batch_size", "batch_size")):
+            entry = config.tune.space.get(key)
+            values = [v for v in (entry.choice or entry.grid or entry.uniform or entry.loguniform or []) if isinstance(v, (int, float))] if entry else []
+            checks.append((f"tune.space.{key}", max(values, default=None), bound))
+    out = []
+    for field, value, bound in checks:
+        cap = getattr(limits, bound)
+        if value is not None and value > cap:
+            out.append(f"{field}: {_number(value)} is above the limit {_number(cap)} (set {env_name(bound)} to lift it)")
+    return out
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def format_validation_error(err: ValidationError) -> str:
     """Readable one-line-per-problem text: 'training.optimizer: Input should be ...'."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "config"
-        lines.append(f"{loc}: {e['msg']}")
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

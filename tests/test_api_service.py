@@ -166,6 +166,17 @@ def test_queue_order_and_cancel_frees_ray_resources(svc):
         assert c.get(f"/jobs/{long_b}").json()["status"] == "cancelled"
 
 
+def test_a_job_over_its_time_limit_is_stopped_and_says_why(svc):
+    config = tiny_job(epochs=5000)
+    config["resources"] = {**config["resources"], "max_runtime_s": 8}
+    with svc.client() as c:
+        job_id = c.post("/jobs", json={"name": "too-long", "config": config}).json()["id"]
+        job = wait_for(lambda: (lambda j: j if j["status"] in FINAL else None)(c.get(f"/jobs/{job_id}").json()), 120, what="stopped")
+        assert job["status"] == "failed", job
+        assert "time limit of 8 s (resources.max_runtime_s)" in job["error"], job["error"]
+        wait_for(lambda: cpus(svc)[0] == 2.0, 30, interval=0.5, what="Ray CPUs freed")
+
+
 def test_crash_of_the_service_reattaches_its_running_job(svc):
     """A crashed service leaves its local head and Ray jobs running; the next start adopts both."""
     with svc.client() as c:
