@@ -117,6 +117,23 @@ class ServiceSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _roots_apart(self) -> "ServiceSettings":
+        """Data is read-only input; the state dir and storage hold checkpoints the service loads back.
+
+        A data root that overlaps either would let anyone who can write data
+        plant a checkpoint or database the service then trusts.
+        """
+        def overlap(a: str, b: str) -> bool:
+            return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+        state = str(self.state_dir)
+        for root in self.data_roots:
+            for other, what in [(state, "the state dir (DDRAY_STATE_DIR)")] + [(s, "storage (DDRAY_STORAGE / DDRAY_STORAGE_ROOTS)") for s in self.allowed_storage]:
+                if overlap(root, other):
+                    raise SettingsError(f"data root {root} overlaps {what} {other}: keep data roots apart from where the service writes")
+        return self
+
     # -- derived ---------------------------------------------------------
     @property
     def token(self) -> str:

@@ -65,14 +65,14 @@ class TrainedRun:
         path = self.run_dir.local_model(index)
         if not path.exists():
             raise RunDirError(f"missing local model checkpoint {path}; the run is incomplete")
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         settings = LocalSettings(**saved["settings"])
         model = build_local_model(settings)
         model.load_state_dict(saved["state_dict"])
         return model.eval(), settings
 
     def _load_dnn(self) -> DNNAggregator:
-        saved = torch.load(self.run_dir.dnn, map_location="cpu", weights_only=False)
+        saved = torch.load(self.run_dir.dnn, map_location="cpu", weights_only=True)
         model = DNNAggregator(saved["num_subdomains"], saved["num_classes"], hidden=saved["hidden"], dropout=saved["dropout"])
         model.load_state_dict(saved["state_dict"])
         return model.eval()

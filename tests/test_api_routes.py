@@ -283,8 +283,8 @@ def test_storage_must_lie_under_ddray_storage_or_a_storage_root(tmp_path):
 
 
 def test_uri_data_paths_must_lie_under_a_uri_data_root(tmp_path):
-    settings = ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "s", data_roots=f"{tmp_path}:s3://data-bucket/sets")
-    assert settings.data_roots == [str(tmp_path.resolve()), "s3://data-bucket/sets"]
+    settings = ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "s", data_roots=f"{tmp_path}/d:s3://data-bucket/sets")
+    assert settings.data_roots == [str(tmp_path.resolve() / "d"), "s3://data-bucket/sets"]
     app = create_app(settings)
     app.dependency_overrides[get_runner] = FakeRunner
     with TestClient(app) as client:
@@ -439,6 +439,14 @@ def test_predict_needs_a_succeeded_job_and_safe_uploads(service, tmp_path):
 
 
 # -- settings, runner pieces, client ------------------------------------------------
+def test_data_roots_must_stay_apart_from_where_the_service_writes(tmp_path):
+    for kwargs in ({"data_roots": str(tmp_path)}, {"data_roots": str(tmp_path / "state" / "jobs")},
+                   {"data_roots": "s3://b/data", "storage": "s3://b/data/runs"}, {"data_roots": f"{tmp_path}/d", "storage_roots": f"{tmp_path}"}):
+        with pytest.raises(ValueError, match="overlaps"):
+            ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "state", **kwargs)
+    ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "state", data_roots="s3://b/data", storage="s3://b/data-runs")  # apart
+
+
 def test_settings_refuse_to_start_without_a_strong_token(monkeypatch, tmp_path):
     monkeypatch.delenv("DDRAY_API_TOKEN", raising=False)
     with pytest.raises(ValueError, match="DDRAY_API_TOKEN"):
@@ -449,9 +457,9 @@ def test_settings_refuse_to_start_without_a_strong_token(monkeypatch, tmp_path):
     monkeypatch.setenv("DDRAY_API_TOKEN", TOKEN)
     monkeypatch.setenv("DDRAY_DATA_ROOTS", f"{tmp_path}/a:{tmp_path}/b")
     monkeypatch.setenv("DDRAY_MAX_CONCURRENT_JOBS", "3")
-    s = ServiceSettings(state_dir=tmp_path)
+    s = ServiceSettings(state_dir=tmp_path / "state")
     assert s.token == TOKEN and s.data_roots == [str(tmp_path / "a"), str(tmp_path / "b")] and s.max_concurrent_jobs == 3
-    assert s.db_url == f"sqlite:///{tmp_path}/ddray.db"
+    assert s.db_url == f"sqlite:///{tmp_path}/state/ddray.db"
 
 
 def test_serve_refuses_without_token(monkeypatch, tmp_path):

@@ -111,7 +111,7 @@ def local_settings(config: RunConfig, dataset: Dataset, run_dir: RunDir, subdoma
     for sub in subdomains:
         path = run_dir.local_model(sub.index)
         if path.exists():
-            out.append(LocalSettings(**torch.load(path, map_location="cpu", weights_only=False)["settings"]))
+            out.append(LocalSettings(**torch.load(path, map_location="cpu", weights_only=True)["settings"]))
         else:
             out.append(default)
     return out
@@ -124,12 +124,12 @@ def transfer_start(run_dir: RunDir, subdomains: Sequence[Subdomain]) -> tuple[Tr
         path = run_dir.local_model(sub.index)
         if not path.exists():
             raise BaselineFailed(f"the transfer baseline needs the trained local model {path}, which is missing")
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         settings.append(LocalSettings(**saved["settings"]))
         states.append(saved["state_dict"])
     dnn_state, label = None, "local CNNs + random DNN"
     if run_dir.dnn.exists():
-        dnn_state, label = torch.load(run_dir.dnn, map_location="cpu", weights_only=False)["state_dict"], "local CNNs + DNN"
+        dnn_state, label = torch.load(run_dir.dnn, map_location="cpu", weights_only=True)["state_dict"], "local CNNs + DNN"
     return TransferStart(settings, states, dnn_state), label
 
 

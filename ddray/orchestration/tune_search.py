@@ -391,7 +391,7 @@ def subdomain_trial(
                 if (Path(d) / STATE_FILE).exists():
                     shutil.copyfile(Path(d) / STATE_FILE, state)
         if state.exists():
-            for m in torch.load(state, map_location="cpu", weights_only=False)["history"]:
+            for m in torch.load(state, map_location="cpu", weights_only=True)["history"]:
                 reporter.track(m)
                 reporter.resumed_from_epoch = int(m["epoch"])
         result = train_subdomain(sub, data, settings, checkpoint_path=state, model_path=workdir / MODEL_FILE, callbacks=[reporter])
