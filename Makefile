@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast fuzz bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 ## Only the Ray-free unit tests (seconds)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray"
+
+## Schemathesis over the REST API with 1000 examples per operation (no 5xx allowed)
+fuzz: $(STAMP)
+	DDRAY_FUZZ_EXAMPLES=1000 DDRAY_FUZZ_SECONDS=1200 $(BIN)/python -m pytest -q tests/test_api_schema.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_local_phase.py

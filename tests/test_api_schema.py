@@ -1,11 +1,14 @@
 """Schemathesis over the OpenAPI schema of the running service: no input makes it answer 5xx.
 
-The service runs with ``--max-concurrent-jobs 0`` (jobs are recorded, never
-run), so the thousands of generated configs start no Ray work.
+``DDRAY_FUZZ_EXAMPLES`` examples per operation (default 40: with the service's
+ten operations, some hundreds of requests a run, about a minute); ``make fuzz``
+runs 1000 per operation. The service runs with ``--max-concurrent-jobs 0``
+(jobs are recorded, never run), so the generated configs start no Ray work.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +18,17 @@ import pytest
 
 from api.testing import Service
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]  # "ray": slow marker of this repo (no Ray is started here)
+EXAMPLES = int(os.environ.get("DDRAY_FUZZ_EXAMPLES", "40"))
+MAX_TIME_S = int(os.environ.get("DDRAY_FUZZ_SECONDS", "90"))
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(MAX_TIME_S + 120)]  # "ray": slow marker of this repo (no Ray is started here)
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    service = Service(tmp_path_factory.mktemp("state"), tmp_path_factory.mktemp("data"), extra_args=["--max-concurrent-jobs", "0"])
+    service = Service(
+        tmp_path_factory.mktemp("state"), tmp_path_factory.mktemp("data"), extra_args=["--max-concurrent-jobs", "0"],
+        env={"DDRAY_MAX_QUEUED_JOBS": "100000"},  # every generated job is kept, so lookups hit real records
+    )
     service.start(wait_ray=False, timeout=60)
     yield service
     service.stop()
@@ -32,11 +40,11 @@ def test_no_generated_request_gets_a_server_error(svc, tmp_path):
         exe, "run", f"{svc.url}/openapi.json",
         "-H", f"Authorization: Bearer {svc.token}",
         "--checks", "not_a_server_error",
-        "--max-examples", "10", "--max-time", "30", "--seed", "1",
+        "--max-examples", str(EXAMPLES), "--max-time", str(MAX_TIME_S), "--seed", "1",
         "--workers", "1", "--no-shrink", "--request-timeout", "20",
         "--report", "junit", "--report-dir", str(tmp_path),
     ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_TIME_S + 90)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
     assert " passed" in out, out[-3000:]
