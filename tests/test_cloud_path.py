@@ -116,20 +116,15 @@ def test_gpu_job_from_a_bucket_runs_on_the_gpu_node_and_lands_in_its_own_prefix(
         listing = c.get(f"/jobs/{job_id}/artifacts").json()
         assert listing["location"] == f"{RUNS}/{job_id}" and set(listing["files"]) == rel
 
-    # Ray knows the job too: `ray job list` / the dashboard show it
-    from ray.job_submission import JobSubmissionClient
-
-    saved = dict(os.environ)
-    os.environ.update({k: cluster.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
-    try:
-        from ray._raylet import Config
-
-        Config.initialize("")
-        ray_jobs = {j.submission_id: j for j in JobSubmissionClient(cluster.dashboard_url).list_jobs()}
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    assert str(ray_jobs[f"ddray-{job_id}"].status) in ("SUCCEEDED", "JobStatus.SUCCEEDED")
+    # Ray knows the job too: `ray job list` / the dashboard show it (asked from a fresh process with the
+    # cluster's token: this test process may hold another Ray's token already)
+    code = (
+        "import sys; from ray.job_submission import JobSubmissionClient;"
+        "print('STATUS', JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)"
+    )
+    listed = subprocess.run([sys.executable, "-c", code, cluster.dashboard_url, f"ddray-{job_id}"],
+                            env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert "STATUS SUCCEEDED" in listed.stdout, listed.stdout + listed.stderr[-2000:]
 
     # the whole run comes back, through the service or straight from the bucket (no service needed: survives `ray down`)
     got = ddray(service, "download", job_id, str(tmp_path / "via-service"))
