@@ -43,7 +43,7 @@ from api.settings import ServiceSettings
 log = logging.getLogger("ddray.api")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -194,13 +194,13 @@ class RayCluster:
             fh.write(secrets.token_hex(32))
         # a short private temp dir: Ray's unix sockets live under it (path length limit)
         self._temp_dir = tempfile.mkdtemp(prefix="ddray-ray-", dir="/tmp")
-        port, dashboard_port = _free_port(), _free_port()
+        port, dashboard_port = free_port(), free_port()
         cmd = [
             _ray_executable(), "start", "--head", "--block",
             "--port", str(port),
             "--node-ip-address", "127.0.0.1",
-            "--ray-client-server-port", str(_free_port()),
-            "--dashboard-agent-listen-port", str(_free_port()),
+            "--ray-client-server-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
             "--include-dashboard=true",
             "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dashboard_port),

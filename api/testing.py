@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from api.cluster import free_port
 
 TINY_JOB: dict[str, Any] = {
     "dataset": {"source": "synthetic", "kind": "count", "samples": 240, "size": [16, 16]},
@@ -30,12 +31,6 @@ def tiny_job(epochs: int = 3, **dataset: Any) -> dict[str, Any]:
         "dataset": {**TINY_JOB["dataset"], **dataset},
         "training": {**TINY_JOB["training"], "epochs": epochs},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeRunner:

@@ -39,3 +39,12 @@ def ray_cluster():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-compatible server (moto) for the test module: ``s3.create_bucket(name)``, ``s3.env``, ``s3.environ()``."""
+    from s3server import S3Server
+
+    with S3Server() as server:
+        yield server

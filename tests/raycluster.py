@@ -13,20 +13,15 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from api.cluster import free_port
+
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmdline(pid: int) -> str:
@@ -43,11 +38,12 @@ def _environ(pid: int) -> bytes:
         return b""
 
 
-def _alive(pid: int) -> bool:
+def _stat(pid: int) -> list[str] | None:
+    """[state, ppid, pgrp, session, ...] of a process, None if gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 class LocalRayCluster:
@@ -55,6 +51,7 @@ class LocalRayCluster:
 
     def __init__(self, *, head_cpus: int = 1, head_gpus: int = 0, extra_env: dict[str, str] | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="ddt-", dir="/tmp")  # short: unix socket paths are limited
+        self.session: int | None = None  # a process session whose members all belong to the cluster, if any
         self.port = free_port()
         self.dashboard_port = free_port()
         self.token = secrets.token_hex(32)
@@ -66,7 +63,7 @@ class LocalRayCluster:
             "DDRAY_TEST_CLUSTER": self.temp_dir,  # marks every process of this cluster (found again at stop)
             **(extra_env or {}),
         }
-        for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS"):
+        for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS", "RAY_enable_autoscaler_v2"):
             self.env.pop(key, None)
         self.head_cpus, self.head_gpus = head_cpus, head_gpus
 
@@ -111,7 +108,7 @@ class LocalRayCluster:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            proc = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+            proc = self.python(code)
             for line in proc.stdout.splitlines():
                 if line.startswith("NODES "):
                     import json
@@ -123,28 +120,39 @@ class LocalRayCluster:
             time.sleep(1)
         raise TimeoutError(f"{count} Ray nodes not alive after {timeout:.0f} s: {last}")
 
+    def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``python -c code`` as a client of this cluster (its token in the environment)."""
+        return subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=timeout)
+
     def processes(self) -> list[int]:
-        """Every process of this cluster: named by its temp dir, or carrying its marker in the environment."""
+        """Every live process of this cluster: in its session, naming its temp dir, or carrying its marker."""
         marker = f"DDRAY_TEST_CLUSTER={self.temp_dir}".encode()
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             pid = int(entry.name)
-            if self.temp_dir in _cmdline(pid) or marker in _environ(pid):
+            stat = _stat(pid)
+            if stat is None or stat[0] == "Z":
+                continue
+            in_session = self.session is not None and stat[3] == str(self.session)
+            if in_session or self.temp_dir in _cmdline(pid) or marker in _environ(pid):
                 pids.append(pid)
         return pids
 
-    def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            pids = self.processes()
-            for pid in pids:
+    def stop(self) -> list[int]:
+        """Kill every process of the cluster; return those still alive afterwards (should be none)."""
+        left: list[int] = []
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+            for pid in self.processes():
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + wait
-            while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if _alive(p)]
-                time.sleep(0.1)
+            while (left := self.processes()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not left:
+                break
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return left

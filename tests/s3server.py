@@ -1,9 +1,6 @@
 """A real S3-compatible server for tests: moto's threaded server on a free loopback port.
 
-    from s3server import S3Server, s3   # noqa: F401  (s3: module-scoped fixture; tests/ is on
-                                        # sys.path under pytest, as there is no tests/__init__.py)
-
-    def test_x(s3):
+    def test_x(s3):                     # the module-scoped fixture of tests/conftest.py
         s3.create_bucket("ddray-runs")
         subprocess.run([...], env={**os.environ, **s3.env})   # a child process reaches it
         with s3.environ():                                  # and so does this process (pyarrow, boto3)
@@ -17,17 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from contextlib import contextmanager
 from typing import Iterator
 
-import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from api.cluster import free_port
 
 
 class S3Server:
@@ -106,10 +96,3 @@ class S3Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    """A moto S3 server for the test module (buckets: ``s3.create_bucket(name)``; env: ``s3.env`` / ``s3.environ()``)."""
-    with S3Server() as server:
-        yield server

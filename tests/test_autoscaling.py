@@ -14,15 +14,8 @@ marker), never ``ray stop``.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +34,7 @@ from ddray.orchestration.cluster import (
     reachable_nodes,
 )
 from ddray.orchestration.train_jobs import check_baselines_feasible
+from raycluster import RAY, LocalRayCluster, free_port
 
 HEAD = NodeResources("h" * 16, cpus=1, gpus=0)
 GPU_TYPE = NodeType("gpu_worker", cpus=2, gpus=2, available=1)
@@ -127,45 +121,16 @@ def test_infeasible_gpu_request_on_cpu_only_cluster_fails_naming_gpu():
 
 # ------------------------------------------------------------------ a real cold autoscaling cluster
 
-RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 300
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class FakeAutoscalingCluster(LocalRayCluster):
+    """A cold head (1 CPU, no GPU) whose autoscaler (Ray's fake provider) may start one GPU node."""
 
-
-def _stat(pid: int) -> list[str] | None:
-    """[state, ppid, pgrp, session, ...] of a process, None if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-class FakeAutoscalingCluster:
     def __init__(self) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="dda-", dir="/tmp")  # short: unix socket path limit
-        self.port = free_port()
-        self.token = secrets.token_hex(32)
-        self.session: int | None = None
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": self.token,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "DDRAY_TEST_CLUSTER": self.temp_dir,  # inherited by every process of this cluster
-        }
-        for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_enable_autoscaler_v2"):
-            self.env.pop(key, None)
+        super().__init__(head_cpus=1, head_gpus=0)
         self.config_path = Path(self.temp_dir) / "autoscaler.yaml"
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def config(self) -> dict:
         mib100 = 100 * 1024 * 1024
@@ -226,47 +191,6 @@ class FakeAutoscalingCluster:
             proc.kill()
             raise AssertionError(f"ray start --head did not return within {START_TIMEOUT_S} s")
         assert proc.returncode == 0, f"ray start --head failed ({proc.returncode}):\n{out[-3000:]}"
-
-    def processes(self) -> list[int]:
-        """Every live process of this cluster: in its session, naming its temp dir, or carrying its marker."""
-        marker = f"DDRAY_TEST_CLUSTER={self.temp_dir}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            pid = int(entry.name)
-            stat = _stat(pid)
-            if stat is None or stat[0] == "Z":
-                continue
-            if self.session is not None and stat[3] == str(self.session):
-                pids.append(pid)
-                continue
-            try:
-                if self.temp_dir.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() or marker in Path(f"/proc/{pid}/environ").read_bytes():
-                    pids.append(pid)
-            except OSError:
-                continue
-        return pids
-
-    def stop(self) -> list[int]:
-        """Kill every process of the cluster; return those still alive afterwards (should be none)."""
-        left: list[int] = []
-        for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
-            for pid in self.processes():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait_s
-            while (left := self.processes()) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if not left:
-                break
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-        return left
-
-    def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import pytest
 
 from api.testing import Service
 from raycluster import LocalRayCluster
-from s3server import s3  # noqa: F401  (module fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -43,7 +42,7 @@ def gpu_job(epochs: int = 4, seed: int = 0, lr: float = 0.01) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cloud(s3, tmp_path_factory):  # noqa: F811
+def cloud(s3, tmp_path_factory):
     s3.create_bucket("ddray-runs")
     s3.create_bucket("ddray-data")
     rng = np.random.default_rng(0)

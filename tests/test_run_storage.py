@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from s3server import s3  # noqa: F401 - module-scoped moto server fixture
 
 from ddray import storage
 from ddray.config import parse_config
@@ -121,7 +120,7 @@ def test_ray_train_and_tune_storage_is_the_run_prefix_not_a_private_resolution(t
 
 
 @pytest.mark.cluster
-def test_unreachable_bucket_is_refused_before_anything_is_written(s3, tmp_path):  # noqa: F811
+def test_unreachable_bucket_is_refused_before_anything_is_written(s3, tmp_path):
     config = parse_config(run_config(dataset={"source": "synthetic", "path": None}, storage="s3://no-such-bucket-ddray/runs"))
     with s3.environ():
         run_dir = RunDir.fresh(tmp_path / "run", config.storage, "r1")
@@ -134,7 +133,7 @@ def test_unreachable_bucket_is_refused_before_anything_is_written(s3, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bucket(s3, tmp_path_factory):  # noqa: F811
+def bucket(s3, tmp_path_factory):
     """The moto bucket with the data set s3://BUCKET/data/x.npz."""
     s3.create_bucket(BUCKET)
     x, y = generate_count([16, 16], [1, 2], samples=240, channels=1, seed=1)

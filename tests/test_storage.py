@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from s3server import s3  # noqa: F401 - module-scoped moto server fixture
 
 from ddray import storage
 from ddray.data import DataError
@@ -120,7 +119,7 @@ def test_write_bytes_and_missing_files(base, tmp_path):
 
 
 @pytest.mark.cluster
-def test_local_copy_of_a_bucket_file_and_folder(s3, tmp_path):  # noqa: F811
+def test_local_copy_of_a_bucket_file_and_folder(s3, tmp_path):
     s3.create_bucket(BUCKET)
     client = s3.client()
     client.put_object(Bucket=BUCKET, Key="data/x.npz", Body=b"npz-bytes")
@@ -138,7 +137,7 @@ def test_local_copy_of_a_bucket_file_and_folder(s3, tmp_path):  # noqa: F811
 
 
 @pytest.mark.cluster
-def test_driver_loads_an_imagefolder_and_an_npz_from_a_bucket(s3, tmp_path):  # noqa: F811
+def test_driver_loads_an_imagefolder_and_an_npz_from_a_bucket(s3, tmp_path):
     """The driver's data step on bucket URIs: a folder of class subfolders, and an npz; errors name the URI."""
     from PIL import Image
 
