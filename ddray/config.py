@@ -14,12 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ddray.limits import Limits, env_name
 
-DATA_SOURCES = ("digits", "npz", "imagefolder", "cifar10", "synthetic")
-SYNTHETIC_KINDS = ("count", "blobs")
-AGGREGATION_METHODS = ("dnn", "average", "vote")
-BASELINES = ("global", "coherent", "transfer")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the field and the fix."""

@@ -18,29 +18,17 @@ TABLE_CSV = "results.csv"
 
 
 def library_versions() -> dict[str, str]:
-    import numpy
-    import pandas
-    import pydantic
-    import torch
-    import torchvision
+    """Installed versions from package metadata: the core stays free of Ray imports."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import ddray
 
-    versions = {
-        "ddray": ddray.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "pydantic": pydantic.__version__,
-    }
-    try:
-        import ray
-
-        versions["ray"] = ray.__version__
-    except ImportError:  # pragma: no cover - ray is a dependency
-        pass
+    versions = {"ddray": ddray.__version__, "python": platform.python_version()}
+    for name in ("torch", "torchvision", "numpy", "pandas", "pydantic", "ray"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            pass
     return versions
 
 
