@@ -57,23 +57,42 @@ class ModelCache:
         return model
 
 
-def predict_files(model: Any, folder: Path, names: list[str]) -> list[dict]:
-    """Records of every uploaded input: each npz on its own, the images together as one folder."""
+def _predict(model: Any, path: Path, label: str) -> Any:
+    """The run's ``Predictions`` of one upload (or the folder of uploaded images); warnings name ``label``."""
+    from ddray.data import read_predict_inputs
+
+    x, names = read_predict_inputs(path, model.preprocessing)
+    return model.predict_array(x, names, preprocessed=False, origin=label, warn=False)
+
+
+def predict_files(model: Any, folder: Path, names: list[str]) -> tuple[list[dict], list[str]]:
+    """(records, warnings) of every uploaded input: each npz on its own, the images together as one folder.
+
+    Inputs go through the run's preprocessing record like ``ddray predict``'s, so an image
+    gives the same answer as a PNG or as a uint8 npz; inputs far from the training
+    distribution add a warning naming the upload and the likely cause."""
     records: list[dict] = []
+    warnings: list[str] = []
     images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
     for name in names:
         if Path(name).suffix.lower() in NPZ_SUFFIXES:
-            rows = model.predict_path(folder / name).records()
+            preds = _predict(model, folder / name, name)
+            rows = preds.records()
             if len(rows) > 0 and all(str(r.get("input", "")).startswith("x[") for r in rows):
                 for r in rows:
                     r["input"] = f"{name}:{r['input']}"
             records.extend(rows)
+            warnings.extend(preds.warnings)
     if len(images) == 1:
-        records.extend(model.predict_path(folder / images[0]).records())
+        preds = _predict(model, folder / images[0], images[0])
+        records.extend(preds.records())
+        warnings.extend(preds.warnings)
     elif images:
         image_dir = folder / "images"
         image_dir.mkdir(exist_ok=True)
         for n in images:
             (folder / n).rename(image_dir / n)
-        records.extend(model.predict_path(image_dir).records())
-    return records
+        preds = _predict(model, image_dir, f"{len(images)} uploaded images")
+        records.extend(preds.records())
+        warnings.extend(preds.warnings)
+    return records, warnings

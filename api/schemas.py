@@ -97,6 +97,11 @@ class PredictionResponse(BaseModel):
     job_id: str
     count: int
     records: list[PredictionRecord]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="inputs far from the training distribution, each naming the upload and the likely cause "
+        "(e.g. 'inputs look 0-255 but the model was trained on 0-1'); the records are still given",
+    )
 
 
 class ClusterHealth(BaseModel):

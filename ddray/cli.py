@@ -95,7 +95,9 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
 
     from ddray.predict import TrainedRun
 
-    preds = TrainedRun(args.run_dir).predict_path(args.images)
+    preds = TrainedRun(args.run_dir).predict_path(args.images, warn=False)
+    for message in preds.warnings:  # on stderr, so --json output stays parseable
+        console.print(f"[yellow]warning[/]: {message}", highlight=False, soft_wrap=True)
     rows = preds.records()
     if args.json:
         print(json.dumps(rows, indent=1))

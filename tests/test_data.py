@@ -86,6 +86,10 @@ def test_npz_without_test_split(tmp_path):
     p = save_npz(tmp_path / "data.npz", x=x, y=y, class_names=np.array(["a", "b", "c", "d"]))
     ds = load_dataset(cfg(source="npz", path=str(p), test_fraction=0.2, validation_fraction=0.1), seed=0)
     check_dataset(ds, 2, (16, 16), 4)
+    # ... and scaled like image files: uint8 / 255 (docs/preprocessing.md)
+    prep = ds.preprocessing
+    assert prep.source_values == "uint8 / 255" and 0 <= min(prep.value_min) and max(prep.value_max) <= 1
+    assert all(0.3 < m < 0.7 for m in prep.mean)
     assert ds.class_names == ["a", "b", "c", "d"]
     assert len(ds.y_test) == 20 and len(ds.y_val) == 8 and len(ds.y_train) == 72
     assert np.bincount(ds.y_test).tolist() == [5, 5, 5, 5]  # stratified
@@ -203,6 +207,7 @@ def test_cifar10_fake_pickles(tmp_path, protocol):
         check_dataset(ds, 3, (32, 32), 10)
         assert len(ds.y_test) == 10 and len(ds.y_train) + len(ds.y_val) == 50
         assert ds.class_names[0] == "airplane" and ds.class_names[-1] == "truck"
+        assert ds.preprocessing.source_values == "uint8 / 255" and max(ds.preprocessing.value_max) <= 1
     ds = load_dataset(cfg(source="cifar10", path=str(tmp_path), limit=15), seed=0)
     assert len(ds.y_train) + len(ds.y_val) == 15 and len(ds.y_test) == 10
 
@@ -443,6 +448,7 @@ def test_preprocessing_round_trip_and_apply():
     d = ds.preprocessing.to_dict()
     again = Preprocessing.from_dict(json.loads(json.dumps(d)))
     assert again == ds.preprocessing and again.spatial_shape == (32, 32)
+    assert d["value_scale"] == "dtype_max" and d["source_values"] == "digits 0..16 / 16"
     raw = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
     before = raw.copy()
     out = again.apply(raw)

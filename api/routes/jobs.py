@@ -205,14 +205,14 @@ async def predict(
     try:
         names = await run_in_threadpool(_save_uploads, files_, folder, settings.max_upload_bytes)
         model = await run_in_threadpool(request.app.state.models.get, record.id, rd)
-        records = await run_in_threadpool(predict_files, model, folder, names)
+        records, warnings = await run_in_threadpool(predict_files, model, folder, names)
     except (UploadError, *USER_ERRORS) as err:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(err)) from None
     except (ValueError, OSError) as err:  # unreadable data in an upload
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"cannot read the upload: {err}") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return PredictionResponse(job_id=record.id, count=len(records), records=records)
+    return PredictionResponse(job_id=record.id, count=len(records), records=records, warnings=warnings)
 
 
 def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> list[str]:

@@ -1,9 +1,13 @@
 """One loader per ``dataset.source``; each returns validated raw arrays.
 
-Raw means: float32 (N, C, *spatial) at the values the source provides, not yet
-normalised. Conventions: image files and CIFAR-10 pixels are scaled to [0, 1];
-digits (0..16) are scaled to [0, 1]; npz arrays are used as stored (ints such
-as uint8 are converted to float32, not rescaled). Nothing is ever downloaded.
+Raw means: float32 (N, C, *spatial) on the value scale of the preprocessing
+contract (docs/preprocessing.md), not yet resized or normalised. Every stored
+array goes through ``validation.scale_values``: bool and integers of up to 16
+bits are divided by their dtype's maximum (uint8 / 255, uint16 / 65535), floats
+and wider integers are used as stored. npz arrays, CIFAR-10 pixels and image
+files (decoded by Pillow to uint8, or uint16 for 16-bit grayscale) all follow
+it, so the same 8-bit image is the same array whichever format carried it.
+digits (sklearn's 0..16 values) are divided by 16. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from ddray.data import synthetic
 from ddray.data.validation import (
     DataError,
     check_image_size,
-    check_images,
     check_label_range,
     check_labels,
     check_same_layout,
+    describe_values,
     require_path,
+    scale_values,
+    value_divisor,
 )
 
 # torchvision.datasets.folder.IMG_EXTENSIONS (ImageFolder's list), copied so that
@@ -35,6 +41,8 @@ from ddray.data.validation import (
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}  # read as uint16 (/ 65535), not clipped to 8 bits
+IMAGE_VALUES = "image files: 8-bit / 255, 16-bit grayscale / 65535"
 
 
 @dataclass
@@ -49,6 +57,7 @@ class RawData:
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     default_resize: list[int] | None = None  # resize target when dataset.image_size is unset (digits)
+    values: str = "float32 as stored"  # how stored values were scaled (describe_values), for the record
 
 
 # ---------------------------------------------------------------- image files
@@ -93,7 +102,10 @@ def probe_images(paths: Sequence[Path]) -> tuple[bool, set[tuple[int, int]], dic
 
 def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """Images as float32 (N, C, H, W) in [0, 1]; converted to ``mode`` ('L' or 'RGB');
-    resized to ``size`` (H, W) with the same bilinear resize as ``Preprocessing``."""
+    resized to ``size`` (H, W) with the same bilinear resize as ``Preprocessing``.
+
+    Pillow decodes each file to a uint8 array (uint16 for 16-bit grayscale into an 'L'
+    model), which ``scale_values`` scales exactly like an npz array of that dtype."""
     from ddray.data.dataset import resize_images
 
     channels = 1 if mode == "L" else 3
@@ -101,11 +113,13 @@ def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int] | Non
     for p in paths:
         with _open_image(p) as im:
             try:
-                im = im.convert(mode)
-                a = np.asarray(im, dtype=np.float32) / 255.0
+                if mode == "L" and im.mode in SIXTEEN_BIT_MODES:
+                    stored = np.asarray(im)  # uint16: convert('L') would clip every value above 255
+                else:
+                    stored = np.asarray(im.convert(mode))
             except OSError as err:
                 raise DataError(f"{p}: cannot decode image file ({err}); remove or replace it") from None
-        a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+        a = scale_values(stored[None, None] if stored.ndim == 2 else np.moveaxis(stored, -1, 0)[None], origin=str(p))[0]
         if size is not None and a.shape[1:] != tuple(size):
             a = resize_images(a[None], size)[0]
         arrays.append(a)
@@ -213,6 +227,7 @@ def load_imagefolder(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | Non
         origin=str(root),
         x_test=x_test,
         y_test=np.asarray(test_labels, dtype=np.int64) if test_files else None,
+        values=IMAGE_VALUES,
     )
 
 
@@ -236,6 +251,7 @@ def load_digits(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) ->
         class_names=[str(i) for i in range(10)],
         origin="digits (sklearn)",
         default_resize=[32, 32],
+        values="digits 0..16 / 16",
     )
 
 
@@ -286,11 +302,17 @@ def load_npz(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -> Ra
 
     # labels first (cheap): num_classes comes from all labels, before any limit
     x_shape_n = x_raw.shape[0] if x_raw.ndim else 0
-    x = check_images(x_raw[: cfg.limit] if cfg.limit and x_raw.ndim else x_raw, origin=origin, name="x")
+    x = scale_values(x_raw[: cfg.limit] if cfg.limit and x_raw.ndim else x_raw, origin=origin, name="x")
     y = check_labels(y_raw, origin=origin, n=x_shape_n, name="y")
     x_test = y_test = None
     if has_test:
-        x_test = check_images(xt_raw[: cfg.limit] if cfg.limit and xt_raw.ndim else xt_raw, origin=origin, name="x_test")
+        if value_divisor(xt_raw.dtype) != value_divisor(x_raw.dtype):
+            raise DataError(
+                f"{origin}: 'x' is {x_raw.dtype} ({describe_values(x_raw.dtype)}) but 'x_test' is {xt_raw.dtype} "
+                f"({describe_values(xt_raw.dtype)}), so they would reach the model on different scales; store both "
+                f"with the same dtype (see docs/preprocessing.md)"
+            )
+        x_test = scale_values(xt_raw[: cfg.limit] if cfg.limit and xt_raw.ndim else xt_raw, origin=origin, name="x_test")
         y_test = check_labels(yt_raw, origin=origin, n=xt_raw.shape[0], name="y_test", x_name="x_test")
         check_same_layout(x_test, x, origin=origin, name="x_test")
 
@@ -316,7 +338,10 @@ def load_npz(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -> Ra
     if cfg.limit:
         y = y[: cfg.limit]
         y_test = y_test[: cfg.limit] if y_test is not None else None
-    return RawData(x=x, y=y, num_classes=num_classes, class_names=class_names, origin=origin, x_test=x_test, y_test=y_test)
+    return RawData(
+        x=x, y=y, num_classes=num_classes, class_names=class_names, origin=origin, x_test=x_test, y_test=y_test,
+        values=describe_values(x_raw.dtype),
+    )
 
 
 # --------------------------------------------------------------------- cifar10
@@ -379,7 +404,11 @@ def _read_cifar_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndar
             f"{path}: CIFAR-10 'data' must be uint8 shaped (n, 3072); got {data.dtype} {tuple(data.shape)}"
         )
     origin = str(path)
-    x = check_images((data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0), origin=origin, name="data")
+    if data.dtype != np.uint8:  # CIFAR-10 pixels are 8-bit by definition, however the pickle stored them
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise DataError(f"{path}: CIFAR-10 'data' must hold 8-bit pixels 0..255; found values outside that range")
+        data = data.astype(np.uint8)
+    x = scale_values(data.reshape(-1, 3, 32, 32), origin=origin, name="data")  # uint8 / 255, like a PNG of it
     y = check_labels(np.asarray(entry["labels"]), origin=origin, n=len(x), name="labels", x_name="data")
     check_label_range(y, num_classes, origin=origin, name="labels")
     return x, y
@@ -437,6 +466,7 @@ def load_cifar10(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -
         origin=str(folder),
         x_test=np.ascontiguousarray(x_test),
         y_test=y_test,
+        values="uint8 / 255",
     )
 
 

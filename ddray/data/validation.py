@@ -36,7 +36,7 @@ def check_images(x: np.ndarray, *, origin: str, name: str = "x") -> np.ndarray:
     """Validate an image/volume batch and return it as C-contiguous float32.
 
     Accepts any real numeric dtype (bool, ints such as uint8, floats); the
-    values are converted, not rescaled.
+    values are converted, not rescaled (:func:`scale_values` also rescales).
     """
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
@@ -71,6 +71,45 @@ def check_images(x: np.ndarray, *, origin: str, name: str = "x") -> np.ndarray:
             f"or values beyond the float32 range); clean or impute them"
         )
     return x
+
+
+def value_divisor(dtype: np.dtype) -> int | None:
+    """What ddray divides stored values of ``dtype`` by (docs/preprocessing.md).
+
+    bool and integers of up to 16 bits (uint8, int8, uint16, int16): their dtype's
+    maximum (bool: 1), so 8-bit pixels 0..255 become 0..1 whether they come from an
+    npz, a PNG or CIFAR-10; floats and wider integers: None, used as stored.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return 1
+    if dtype.kind in "iu" and dtype.itemsize <= 2:
+        return int(np.iinfo(dtype).max)
+    return None
+
+
+def describe_values(dtype: np.dtype) -> str:
+    """How values of ``dtype`` are scaled, for records and messages: 'uint8 / 255', 'float32 as stored'."""
+    dtype = np.dtype(dtype)
+    divisor = value_divisor(dtype)
+    if dtype.kind == "b" or divisor is None:
+        return f"{dtype.name} as stored"
+    return f"{dtype.name} / {divisor}"
+
+
+def scale_values(x: np.ndarray, *, origin: str, name: str = "x") -> np.ndarray:
+    """``check_images`` plus the value scale of ``value_divisor``: stored values -> float32 model units.
+
+    The one place where stored pixel values become numbers: every source and every
+    prediction input goes through it (image files too, as the uint8/uint16 arrays
+    Pillow decodes them to), so the same image gives the same array in any format.
+    """
+    x = np.asarray(x)
+    divisor = value_divisor(x.dtype) if x.dtype.kind in "biu" else None
+    out = check_images(x, origin=origin, name=name)  # a fresh float32 array for bool/integer input
+    if divisor not in (None, 1):
+        out /= np.float32(divisor)
+    return out
 
 
 def check_labels(y: np.ndarray, *, origin: str, n: int, name: str = "y", x_name: str = "x") -> np.ndarray:
