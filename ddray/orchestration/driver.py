@@ -242,7 +242,9 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
         "aggregation": aggregation,
         **extra,
         "timings_s": timings,
-        "dataset": dataset.summary(),  # includes class_names, which predict reads
+        # class_names are read by predict; the fingerprint (sha256 of every split's model inputs and
+        # labels) tells whether two runs trained on the same data
+        "dataset": {**dataset.summary(), "fingerprint": dataset.fingerprint()},
         "decomposition": {"grid": config.decomposition.grid, "overlap": config.decomposition.overlap, "subdomains": len(subdomains)},
         "config": config.model_dump(mode="json"),
         "versions": report.library_versions(),

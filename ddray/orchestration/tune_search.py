@@ -55,6 +55,19 @@ Design
   candidates either (their run was cut short). A subdomain without any
   finished trial raises :class:`SubdomainFailed` naming it.
 
+- Reproducibility: every subdomain's searcher is seeded from the run's
+  ``seed`` and the subdomain index (:func:`subdomain_seed`), so the same
+  config and seed suggest the same configurations, and trials train with the
+  seeds of plain local trainings. Optuna's TPE learns from finished trials,
+  and which ones have finished when it suggests depends on timing ("if two
+  trials finish at the same time, the convergence of the search algorithm
+  might be influenced by which trial result is processed first", Ray Tune's
+  docs on reproducible runs): :class:`_InOrder` makes its k-th suggestion see
+  exactly the results of that subdomain's trials 0..k-W (W =
+  ``tune.max_concurrent_trials``, default 4). ASHA's pruning still depends on
+  the order results arrive, so only ``scheduler: none`` searches are exactly
+  reproducible.
+
 - Resume: the experiment lives at ``RUN/tune/search`` (with storage: ``<run prefix>/tune/search``).
   ``Tuner.restore(..., resume_unfinished=True, resume_errored=True)``
   continues unfinished trials from their last checkpoint; trials of
@@ -102,6 +115,8 @@ BEST_FILE = "best_configs.json"
 INT_PARAMS = ("batch_size", "epochs")
 FLOAT_PARAMS = ("lr", "weight_decay", "width")
 ASHA_REDUCTION_FACTOR = 2  # few samples per subdomain: halve, do not quarter
+OPTUNA_WINDOW = 4  # default W of _InOrder when tune.max_concurrent_trials is unset
+OPTUNA_STARTUP = 10  # TPESampler's n_startup_trials: its first suggestions only draw from the seeded RNG
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -167,6 +182,67 @@ def _metric_keys(tune_cfg: TuneConfig) -> tuple[str, str, str]:
 # ------------------------------------------------------------------ searcher
 
 
+def subdomain_seed(seed: int, index: int) -> int:
+    """The searcher seed of subdomain ``index`` in a run with ``seed``: an independent stream per
+    (seed, index) pair (numpy's SeedSequence), so no two subdomains or runs share one by accident."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, int(index)]).generate_state(1)[0])
+
+
+class _InOrder:
+    """A model-based searcher (Optuna's TPE) that learns from a fixed set of trials at each suggestion.
+
+    TPE's k-th suggestion depends on which earlier trials have finished, which with parallel
+    trials depends on timing. Here the k-th suggestion (k >= ``startup``) waits (returns None;
+    Tune asks again later, and other subdomains fill the free slots) until trials 0..k-``window``
+    have ended, and the inner searcher has been told exactly those: later trials' results are
+    held back until their turn. Before ``startup`` TPE samples at random from its seeded RNG
+    whatever has finished, so nothing waits there, and trials that every later suggestion will
+    see anyway (0..startup-window) are passed on as soon as they end. At most ``window`` trials
+    of a subdomain run at once after ``startup``. Attribute reads fall through to the inner searcher.
+    """
+
+    def __init__(self, inner: Any, window: int, startup: int = OPTUNA_STARTUP):
+        self.inner, self.window, self.startup = inner, max(1, int(window)), int(startup)
+        self.order: list[str] = []  # trial ids in suggestion order
+        self.held: dict[str, list[tuple[str, tuple]]] = {}  # calls not yet passed on, per trial
+        self.ended: set[str] = set()
+        self.told: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("inner")
+        if inner is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def _tell(self, trial_id: str) -> None:
+        for method, args in self.held.pop(trial_id, []):
+            getattr(self.inner, method)(trial_id, *args)
+        self.told.add(trial_id)
+
+    def suggest(self, trial_id: str):
+        k = len(self.order)
+        if k >= self.startup:
+            known = self.order[: max(0, k - self.window + 1)]
+            if any(t not in self.ended for t in known):
+                return None
+            for t in known:
+                if t not in self.told:
+                    self._tell(t)
+        config = self.inner.suggest(trial_id)
+        if config is not None and config != Searcher.FINISHED:
+            self.order.append(trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.held.setdefault(trial_id, []).append(("on_trial_result", (result,)))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.held.setdefault(trial_id, []).append(("on_trial_complete", (result, error)))
+        self.ended.add(trial_id)
+        if trial_id in self.order and self.order.index(trial_id) <= self.startup - self.window:
+            self._tell(trial_id)  # every suggestion from ``startup`` on knows it: no need to wait
+
+
 class _VariantQueue:
     """Random search for one subdomain: Tune's variant generator, ``num_samples`` passes over the grid."""
 
@@ -197,6 +273,7 @@ class SubdomainSearcher(Searcher):
         metric: str,
         mode: str,
         seed: int = 0,
+        window: int = OPTUNA_WINDOW,
     ):
         super().__init__(metric=metric, mode=mode)
         per_subdomain = num_samples * math.prod(len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v)
@@ -207,11 +284,12 @@ class SubdomainSearcher(Searcher):
             if algorithm == "optuna" and space:
                 from ray.tune.search.optuna import OptunaSearch
 
-                self._inner[i] = OptunaSearch(
-                    space=OptunaSearch.convert_search_space(space), metric=metric, mode=mode, seed=seed * 1009 + i
+                optuna = OptunaSearch(
+                    space=OptunaSearch.convert_search_space(space), metric=metric, mode=mode, seed=subdomain_seed(seed, i)
                 )
-            else:
-                self._inner[i] = _VariantQueue(space, num_samples, seed * 1009 + i)
+                self._inner[i] = _InOrder(optuna, window)
+            else:  # random search ignores results: nothing to order
+                self._inner[i] = _VariantQueue(space, num_samples, subdomain_seed(seed, i))
 
     @property
     def total(self) -> int:
@@ -766,6 +844,7 @@ def _search(
             metric=selection_metric,
             mode=mode,
             seed=config.seed,
+            window=tune_cfg.max_concurrent_trials or OPTUNA_WINDOW,  # not the cluster's slots: same W everywhere
         )
         scheduler = None
         if tune_cfg.scheduler == "asha":
