@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -201,6 +202,7 @@ def create_app(settings: ServiceSettings, runner: Runner | None = None, store: J
     app.state.json_cache = JsonFileCache()
     app.state.job_views = JobViewCache()
     app.state.models = ModelCache()
+    app.state.prediction_slots = asyncio.Semaphore(settings.max_concurrent_predictions)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(health.router)
     app.include_router(jobs.router)

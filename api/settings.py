@@ -71,6 +71,11 @@ class ServiceSettings(BaseSettings):
     )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest predict upload (all files together)")
+    max_decoded_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="largest predict input once decoded (npz arrays read from their headers, image pixels x 4), checked before decoding"
+    )
+    max_files: int = Field(100, ge=1, description="most files in one predict upload")
+    max_concurrent_predictions: int = Field(2, ge=1, description="predict requests served at once; more get 429 with Retry-After")
     cancel_grace_s: float = Field(10.0, ge=0, description="seconds between SIGTERM and SIGKILL when cancelling")
     poll_interval_s: float = Field(0.5, gt=0, description="how often the runner checks its jobs")
     max_path_entries: int = Field(200_000, ge=1, description="files checked for symlink escapes under a dataset folder")

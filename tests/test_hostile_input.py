@@ -82,3 +82,66 @@ def test_weak_tokens_are_refused_in_development_mode_too(tmp_path):
     with pytest.raises(ValueError, match="too weak"):
         ServiceSettings(api_token="x", dev=True, state_dir=tmp_path)
     assert len(ServiceSettings(dev=True, state_dir=tmp_path).token) >= 32
+
+
+# -- uploads to predict ------------------------------------------------------------
+@pytest.fixture()
+def finished(tmp_path):
+    """A service whose one job 'succeeded' (its run folder holds results.json only: uploads are refused before any model loads)."""
+    app = create_app(ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "state", max_decoded_bytes=64 * 1024 * 1024, max_files=3))
+    app.dependency_overrides[get_runner] = FakeRunner
+    with TestClient(app, raise_server_exceptions=False) as c:
+        store = app.state.store
+        job = store.create(tiny_job())
+        store.claim_next("me")
+        run = tmp_path / "job" / "run"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text("{}")
+        store.set_submission(job.id, submission_id="ddray-x", job_dir=str(run.parent), run_location=str(run))
+        store.finish(job.id, "succeeded")
+        yield c, job.id
+
+
+def test_a_decompression_bomb_is_refused_from_its_headers(finished, tmp_path):
+    import io
+    import resource
+
+    import numpy as np
+
+    c, job_id = finished
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.zeros((4096, 1, 256, 256), dtype="float32"))  # 1 GiB of zeros in about 1 MB
+    assert len(buf.getvalue()) < 2 * 1024 * 1024
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = c.post(f"/jobs/{job_id}/predict", files={"files": ("bomb.npz", buf.getvalue())}, headers=AUTH)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert r.status_code == 422, r.text
+    assert "DDRAY_MAX_DECODED_BYTES" in r.json()["detail"] and "bomb.npz" in r.json()["detail"]
+    assert grown_mib < 200, f"peak memory grew by {grown_mib:.0f} MiB"  # the 1 GiB array was never decoded
+    assert "ddray-predict-" not in r.text  # no private temp path in the message
+
+
+def test_an_image_bomb_and_too_many_files_are_refused(finished):
+    import io
+
+    from PIL import Image
+
+    c, job_id = finished
+    png = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(png, format="PNG")  # 81 Mpixel, small on disk
+    r = c.post(f"/jobs/{job_id}/predict", files={"files": ("big.png", png.getvalue())}, headers=AUTH)
+    assert r.status_code == 422 and "big.png" in r.json()["detail"], r.text
+    r = c.post(f"/jobs/{job_id}/predict", files=[("files", (f"a{i}.png", b"x")) for i in range(4)], headers=AUTH)
+    assert r.status_code == 413 and "DDRAY_MAX_FILES" in r.json()["detail"], r.text
+    r = c.post(f"/jobs/{job_id}/predict", files={"files": ("obj.npz", _object_npz())}, headers=AUTH)
+    assert r.status_code == 422 and "objects" in r.json()["detail"], r.text
+
+
+def _object_npz() -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, x=np.array([{"a": 1}], dtype=object))
+    return buf.getvalue()

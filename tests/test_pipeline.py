@@ -86,7 +86,7 @@ def test_predict_replays_the_trained_decision(digits_run, tmp_path):
     results, out = digits_run
     ds = load_dataset(DatasetConfig(source="digits"), seed=0, grid=[2, 2], overlap=2)
     trained = TrainedRun(out)
-    preds = trained.predict_array(ds.x_test)
+    preds = trained.predict_array(ds.x_test, preprocessed=True)
     dnn_acc = float((preds.decisions["dnn"] == ds.y_test).mean())
     assert dnn_acc == pytest.approx(results["aggregation"]["dnn"]["test_accuracy"], abs=1e-9)
     assert float((preds.decisions["vote"] == ds.y_test).mean()) == pytest.approx(results["aggregation"]["vote"]["test_accuracy"])

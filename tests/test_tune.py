@@ -224,7 +224,7 @@ def test_predict_works_with_tuned_local_models(searched_run):
 
     results, out, config = searched_run
     dataset = load_dataset(config.dataset, seed=config.seed, grid=config.decomposition.grid, overlap=0)
-    preds = TrainedRun(out).predict_array(dataset.x_test[:10])
+    preds = TrainedRun(out).predict_array(dataset.x_test[:10], preprocessed=True)
     assert len(preds.decisions["average"]) == 10
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -15,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from api import files
 from api.deps import RunnerDep, SettingsDep, StoreDep, require_token
-from api.predict import UploadError, predict_files, safe_name
+from api.predict import UploadError, check_decoded_size, predict_files, safe_name
 from api.schemas import ArtifactList, ErrorMessage, JobCreate, JobCreated, JobList, JobPublic, JobStatus, PredictionResponse
 from api.security import PathNotAllowed, confine_config_paths
 from api.store import JobRecord, JobStore
@@ -201,22 +202,38 @@ async def predict(
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no run folder with a trained model")
     from ddray.errors import USER_ERRORS
 
+    if len(files_) > settings.max_files:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{len(files_)} files, over the limit of {settings.max_files} (DDRAY_MAX_FILES)")
+    slots: asyncio.Semaphore = request.app.state.prediction_slots
+    if slots.locked():
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"{settings.max_concurrent_predictions} predictions are running (DDRAY_MAX_CONCURRENT_PREDICTIONS); try again shortly",
+            headers={"Retry-After": "5"},
+        )
     folder = Path(tempfile.mkdtemp(prefix="ddray-predict-"))
     try:
-        names = await run_in_threadpool(_save_uploads, files_, folder, settings.max_upload_bytes)
-        model = await run_in_threadpool(request.app.state.models.get, record.id, rd)
-        records, warnings = await run_in_threadpool(predict_files, model, folder, names)
+        async with slots:
+            names = await run_in_threadpool(_save_uploads, files_, folder, settings.max_upload_bytes, settings.max_decoded_bytes)
+            model = await run_in_threadpool(request.app.state.models.get, record.id, rd)
+            records, warnings = await run_in_threadpool(predict_files, model, folder, names)
     except (UploadError, *USER_ERRORS) as err:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(err)) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=_without(folder, str(err))) from None
     except (ValueError, OSError) as err:  # unreadable data in an upload
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"cannot read the upload: {err}") from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=_without(folder, f"cannot read the upload: {err}")) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return PredictionResponse(job_id=record.id, count=len(records), records=records, warnings=warnings)
 
 
-def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> list[str]:
-    """Blocking: copy the (already spooled) uploads under safe names, at most ``limit`` bytes in all."""
+def _without(folder: Path, message: str) -> str:
+    """An error message without the service's private temp folder in it."""
+    return message.replace(f"{folder}/", "").replace(str(folder), "upload")
+
+
+def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int, decoded_limit: int) -> list[str]:
+    """Blocking: copy the (already spooled) uploads under safe names, at most ``limit`` bytes in all,
+    and check what they decode to, from headers, before anything is decoded."""
     if not uploads:
         raise UploadError("no file uploaded; send one or more files in the 'files' form field")
     names: list[str] = []
@@ -233,6 +250,9 @@ def _save_uploads(uploads: list[UploadFile], folder: Path, limit: int) -> list[s
                     raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"uploads exceed {limit} bytes")
                 out.write(chunk)
         names.append(name)
+    decoded = sum(check_decoded_size(folder / name, decoded_limit) for name in names)
+    if decoded > decoded_limit:
+        raise UploadError(f"the uploads decode to {decoded} bytes, over the limit of {decoded_limit} (DDRAY_MAX_DECODED_BYTES)")
     return names
 
 
