@@ -23,39 +23,17 @@ class UploadError(ValueError):
 
 
 def check_decoded_size(path: Path, limit: int) -> int:
-    """Bytes ``path`` decodes to, from headers only (npz member headers, image dimensions); UploadError over ``limit``.
+    """Bytes ``path`` decodes to, from headers only (npz member headers, image dimensions); UploadError over ``limit``."""
+    from PIL import Image
 
-    A 1 MB ``savez_compressed`` of zeros decodes to gigabytes: reading it to find
-    out is the attack. npz members' shapes and dtypes sit in each member's
-    first bytes, and an image's size in its header, so nothing big is decoded.
-    """
-    import zipfile
+    from ddray.data import DataError
+    from ddray.data.size import image_bytes, npz_bytes
 
-    import numpy as np
-
-    if path.suffix.lower() in NPZ_SUFFIXES:
-        total = 0
-        try:
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    with archive.open(info) as member:
-                        version = np.lib.format.read_magic(member)
-                        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                        shape, _, dtype = read(member, max_header_size=10_000)
-                    if dtype.hasobject:
-                        raise UploadError(f"upload {path.name}: array {info.filename!r} holds Python objects; send plain numeric arrays")
-                    total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-            raise UploadError(f"upload {path.name}: not a readable npz archive ({err})") from None
-    else:
-        from PIL import Image, UnidentifiedImageError
-
-        Image.MAX_IMAGE_PIXELS = max(1, limit // 4)  # Pillow's own bomb check refuses what is far over
-        try:
-            with Image.open(path) as image:  # reads the header only
-                total = image.width * image.height * max(1, len(image.getbands())) * 4
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-            raise UploadError(f"upload {path.name}: not a readable image ({err})") from None
+    Image.MAX_IMAGE_PIXELS = max(1, limit // 4)  # Pillow's own bomb check refuses what is far over
+    try:
+        total = npz_bytes(path) if path.suffix.lower() in NPZ_SUFFIXES else image_bytes(path)
+    except DataError as err:
+        raise UploadError(f"upload {err}") from None
     if total > limit:
         raise UploadError(
             f"upload {path.name} decodes to {total} bytes, over the limit of {limit} (DDRAY_MAX_DECODED_BYTES); send fewer or smaller inputs"

@@ -145,3 +145,37 @@ def _object_npz() -> bytes:
     buf = io.BytesIO()
     np.savez(buf, x=np.array([{"a": 1}], dtype=object))
     return buf.getvalue()
+
+
+# -- data sets too large for memory, told from headers --------------------------------
+def _bomb_npz(path) -> None:
+    import numpy as np
+
+    np.savez_compressed(path, x=np.zeros((2048, 1, 256, 256), dtype="uint8"), y=np.zeros(2048, dtype="int64"))  # 128 MiB raw, 512 MiB as float32
+
+
+def test_a_data_set_too_large_for_memory_is_refused_before_loading(tmp_path, monkeypatch):
+    from ddray.data import DataError, load_dataset
+
+    _bomb_npz(tmp_path / "big.npz")
+    config = parse_config({"dataset": {"source": "npz", "path": str(tmp_path / "big.npz")}})
+    monkeypatch.setenv("DDRAY_MAX_DATASET_BYTES", str(256 * 1024**2))
+    with pytest.raises(DataError, match="DDRAY_MAX_DATASET_BYTES"):
+        load_dataset(config.dataset, seed=0, grid=[2, 2])
+    synthetic = parse_config({"dataset": {"source": "synthetic", "samples": 100_000, "size": [256, 256]}})
+    with pytest.raises(DataError, match=r"about 24\.4 GiB"):
+        load_dataset(synthetic.dataset, seed=0, grid=[2, 2])
+
+
+def test_the_service_refuses_a_too_large_data_set_at_submission(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDRAY_MAX_DATASET_BYTES", str(256 * 1024**2))
+    (tmp_path / "data").mkdir()
+    _bomb_npz(tmp_path / "data" / "big.npz")
+    app = create_app(ServiceSettings(api_token=TOKEN, state_dir=tmp_path / "state", data_roots=str(tmp_path / "data")))
+    app.dependency_overrides[get_runner] = FakeRunner
+    with TestClient(app) as c:
+        r = c.post("/jobs", json={"config": tiny_job(source="npz", path="big.npz")}, headers=AUTH)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "config", "dataset"] and "DDRAY_MAX_DATASET_BYTES" in detail["msg"]
+        assert app.state.store.list()[1] == 0

@@ -20,6 +20,10 @@ from api.predict import UploadError, check_decoded_size, predict_files, safe_nam
 from api.schemas import ArtifactList, ErrorMessage, JobCreate, JobCreated, JobList, JobPublic, JobStatus, PredictionResponse
 from api.security import PathNotAllowed, confine_config_paths
 from api.store import JobRecord, JobStore
+from ddray.config import RunConfig
+from ddray.data.size import check_dataset_size
+from ddray.data.validation import DataError
+from ddray.limits import Limits
 
 router = APIRouter(
     prefix="/jobs",
@@ -77,6 +81,13 @@ def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, runner: 
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=[{"loc": ["body", "config", *err.field.split(".")], "msg": err.message, "type": err.kind}],
+        ) from None
+    try:
+        check_dataset_size(RunConfig.model_validate(config).dataset, Limits().dataset_bytes)
+    except DataError as err:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["body", "config", "dataset"], "msg": str(err), "type": "dataset_too_large"}],
         ) from None
     record = store.create(config, name=body.name)
     runner.wake()

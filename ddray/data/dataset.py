@@ -414,8 +414,11 @@ def load_dataset(
     Raises DataError (naming the file and the fix) before returning anything
     that could not be trained on, including images too small for ``grid``.
     """
+    from ddray.data.size import check_dataset_size
     from ddray.data.sources import SOURCES
+    from ddray.limits import Limits
 
+    check_dataset_size(cfg, Limits().dataset_bytes)  # from headers: nothing huge is decoded to find out
     raw = SOURCES[cfg.source](cfg, seed=seed, grid=list(grid) if grid is not None else None)
     origin, num_classes, class_names = raw.origin, int(raw.num_classes), list(raw.class_names)
     x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
