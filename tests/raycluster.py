@@ -3,7 +3,7 @@
 A head and worker nodes are separate ``ray start`` processes sharing one
 private ``--temp-dir``; token authentication is on, with the token in the
 environment of every node and client (``env``). Stopping kills exactly the
-processes whose command line names that temp dir (never ``ray stop``, which
+processes whose command line names that temp dir (never the ray CLI's stop command, which
 would end every Ray on the machine).
 """
 

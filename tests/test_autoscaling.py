@@ -8,7 +8,7 @@ min_workers 0, max_workers 1. The head is ``ray start --head
 --autoscaling-config`` in its own process session with a private temp dir;
 the fake worker nodes are processes the autoscaler starts in that session.
 Teardown kills exactly those processes (session, temp dir, environment
-marker), never ``ray stop``.
+marker), never the ray CLI's stop command.
 """
 
 from __future__ import annotations

@@ -147,10 +147,9 @@ def test_3d_volumes(ray_cluster, tmp_path):
 
 def test_unsatisfiable_gpu_request_fails_at_once(ray_cluster, tmp_path):
     config = count_config(resources={"gpus_per_subdomain": 2})
-    t0 = time.perf_counter()
     with pytest.raises(ResourceError, match="gpus_per_subdomain=2"):
         run(config, tmp_path / "gpu")
-    assert time.perf_counter() - t0 < 30
+    assert not list((tmp_path / "gpu").glob("local/*.npz"))  # refused before any subdomain trained
     progress = json.loads((tmp_path / "gpu" / "progress.json").read_text())
     assert progress["phase"] == "failed" and "gpus_per_subdomain" in progress["error"]
 
@@ -253,12 +252,10 @@ def test_cli_bad_data_file_names_the_file_before_any_worker(tmp_path):
     x[3, 0, 2, 2] = np.nan
     np.savez(tmp_path / "data.npz", x=x, y=np.arange(50) % 2)
     (tmp_path / "cfg.yaml").write_text("dataset: {source: npz, path: data.npz}\n")
-    t0 = time.perf_counter()
     proc = _cli("run", "cfg.yaml", "--output", "out", cwd=tmp_path)
     assert proc.returncode == 2
     assert "data.npz" in proc.stderr and "NaN" in proc.stderr
-    assert not (tmp_path / "out").exists()
-    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "out").exists()  # refused before a run folder (or Ray) was made
 
 
 def test_sigterm_stops_a_cli_run_cleanly_keeping_its_work(tmp_path):
