@@ -68,6 +68,11 @@ def submission_id(job_id: str) -> str:
     return f"ddray-{job_id}"
 
 
+def ray_status(info: Any) -> str:
+    """A Ray job's status as its plain name (``JobStatus`` is an enum)."""
+    return str(getattr(info.status, "value", info.status))
+
+
 def run_locations(record: JobRecord) -> list[str]:
     """Where a job's run folder can be read, nearest first: the run folder on the head, then its storage prefix."""
     places = []
@@ -211,7 +216,7 @@ class JobRunner:
                 else:
                     self.store.finish(record.id, "failed", error=LOST)
                 continue
-            status = str(getattr(info.status, "value", info.status))
+            status = ray_status(info)
             if status in TERMINAL:
                 self._finish(record, sid, status, info, reason=self._over_time.pop(sid, None))
             elif sid not in self._stop_sent:
@@ -345,11 +350,11 @@ class JobRunner:
             info = None
             while record.submission_id and time.monotonic() < deadline:
                 info = self._job_info(record.submission_id)
-                if info is None or str(getattr(info.status, "value", info.status)) in TERMINAL:
+                if info is None or ray_status(info) in TERMINAL:
                     break
                 time.sleep(0.2)
             if info is not None and record.submission_id:
-                status = str(getattr(info.status, "value", info.status))
+                status = ray_status(info)
                 self._finish(record, record.submission_id, status if status in TERMINAL else "STOPPED", info, reason=STOPPED)
             else:
                 self.store.finish(record.id, "cancelled" if record.cancel_requested else "failed", error=STOPPED)

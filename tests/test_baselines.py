@@ -139,7 +139,7 @@ def test_transfer_starts_from_the_local_weights_and_beats_or_matches_the_dnn(com
     transfer = results["baselines"]["transfer"]
     saved = []
     for i in range(4):
-        state = torch.load(out / "checkpoints" / "local" / f"sub{i:03d}.pt", weights_only=False)
+        state = torch.load(out / "checkpoints" / "local" / f"sub{i:03d}.pt", weights_only=True)
         model = build_local_model(LocalSettings(**state["settings"]))
         model.load_state_dict(state["state_dict"])
         saved.append(parameter_checksum(model))

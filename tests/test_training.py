@@ -122,5 +122,5 @@ def test_train_subdomain_sees_only_its_pixels(tmp_path):
     from ddray.training.local import fingerprint
 
     assert result.data_fingerprint == fingerprint(torch.from_numpy(np.ascontiguousarray(sub.extract(x))))
-    saved = torch.load(tmp_path / "m.pt", weights_only=False)
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
     assert saved["subdomain"]["bounds"] == sub.bounds

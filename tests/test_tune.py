@@ -189,7 +189,7 @@ def test_search_picks_each_subdomains_best_trial_by_validation(searched_run):
         assert set(best[sub]["config"]) == {"lr", "batch_size"}
         assert best[sub]["config"]["lr"] == pytest.approx(top["config/lr"])
         # the installed weights are the chosen trial's: predict loads them with its settings
-        saved = torch.load(out / "checkpoints" / "local" / f"sub{sub:03d}.pt", weights_only=False)
+        saved = torch.load(out / "checkpoints" / "local" / f"sub{sub:03d}.pt", weights_only=True)
         assert saved["settings"]["lr"] == pytest.approx(best[sub]["config"]["lr"])
         assert saved["settings"]["batch_size"] == best[sub]["config"]["batch_size"]
         assert results["local"][sub]["trial_id"] == best[sub]["trial_id"]
