@@ -203,7 +203,7 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
     ]
     extra: dict[str, Any] = {}
     if config.tune is not None:
-        from ddray.orchestration.tune_search import run_search  # issue 3: per-subdomain Ray Tune search
+        from ddray.orchestration.tune import run_search
 
         tracker.phase("search", subdomains=len(subdomains), samples=config.tune.num_samples)
         extra["tune"] = run_search(config, run_dir, tasks, data_ref, slots=slots, on_event=tracker.update, on_result=keep)
