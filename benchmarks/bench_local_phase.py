@@ -40,9 +40,9 @@ def main() -> None:
     from ddray.config import parse_config
     from ddray.data import load_dataset
     from ddray.decomposition import decompose
-    from ddray.orchestration.driver import dataset_arrays
     from ddray.orchestration.local_phase import LocalTask, run_local_phase
-    from ddray.training.local import LocalSettings, train_subdomain
+    from ddray.training.local import train_subdomain
+    from ddray.training.spec import training_spec
 
     config = parse_config(
         {
@@ -54,8 +54,8 @@ def main() -> None:
     )
     dataset = load_dataset(config.dataset, seed=0, grid=config.decomposition.grid, overlap=2)
     subs = decompose(dataset.spatial_shape, config.decomposition.grid, 2)
-    settings = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-    arrays = dataset_arrays(dataset)
+    settings = training_spec(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    arrays = dataset.arrays()
     data_bytes = sum(a.nbytes for a in arrays.values())
     workers = min(args.cores, len(subs))
 
@@ -71,7 +71,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=args.cores, include_dashboard=False, logging_level="WARNING")
     wheres: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = [LocalTask(s, settings, str(Path(tmp) / f"{s.index}.ckpt"), str(Path(tmp) / f"{s.index}.pt")) for s in subs]
+        tasks = [LocalTask(s, settings, str(Path(tmp) / f"{s.index}.ckpt")) for s in subs]
         t0 = time.perf_counter()
         data_ref = ray.put(arrays)
         run_local_phase(tasks, data_ref, cpus=1, gpus=0, slots=args.cores, max_retries=0, on_event=lambda e: None, on_result=lambda r, w: wheres.append(w))

@@ -37,9 +37,8 @@ def main() -> None:
     from ddray.data import load_dataset
     from ddray.decomposition import decompose
     from ddray.orchestration.cluster import check_feasible
-    from ddray.orchestration.driver import dataset_arrays
     from ddray.orchestration.local_phase import LocalTask, SubdomainWorker, run_local_phase
-    from ddray.training.local import LocalSettings
+    from ddray.training.spec import training_spec
 
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
     idle = SubdomainWorker.options(num_cpus=args.cpus).remote(args.cpus)
@@ -58,12 +57,12 @@ def main() -> None:
         )
         ds = load_dataset(config.dataset, seed=0, grid=args.grid, overlap=0)
         subs = decompose(ds.spatial_shape, args.grid, 0)
-        settings = LocalSettings.from_config(config, num_classes=ds.num_classes, in_channels=ds.in_channels)
-        arrays = dataset_arrays(ds)
+        settings = training_spec(config, num_classes=ds.num_classes, in_channels=ds.in_channels)
+        arrays = ds.arrays()
         slots = check_feasible(args.cpus, 0)
         wheres: list[dict] = []
         with tempfile.TemporaryDirectory() as tmp:
-            tasks = [LocalTask(s, settings, str(Path(tmp) / f"{s.index}.ckpt"), str(Path(tmp) / f"{s.index}.pt")) for s in subs]
+            tasks = [LocalTask(s, settings, str(Path(tmp) / f"{s.index}.ckpt")) for s in subs]
             t0 = time.perf_counter()
             ref = ray.put(arrays)
             results = run_local_phase(tasks, ref, cpus=args.cpus, gpus=0, slots=slots, max_retries=0, on_event=lambda e: None, on_result=lambda r, w: wheres.append(w))

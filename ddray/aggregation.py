@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddray.models import DNNAggregator, count_parameters
-from ddray.training.loop import FitResult, OptimizerSettings, fit, predict_proba
+from ddray.models import count_parameters
+from ddray.training.loop import FitResult, fit, predict_proba
+from ddray.training.spec import DNNSpec
 
 
 def stack_probabilities(per_subdomain: list[np.ndarray]) -> np.ndarray:
@@ -42,28 +43,21 @@ def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
 
 @dataclass
 class DNNOutcome:
-    model: DNNAggregator
+    model: torch.nn.Module
     fit: FitResult
     test_probabilities: np.ndarray
     test_accuracy: float
     parameters: int
 
 
-def train_dnn(
-    probs: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    *,
-    hidden: list[int],
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    dropout: float = 0.0,
-    seed: int = 0,
-) -> DNNOutcome:
+def train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec: DNNSpec) -> DNNOutcome:
     """Train the coarse DNN on train-split local probabilities, select on validation, score on test."""
-    torch.manual_seed(seed)
     n_sub, k = probs["train"].shape[1:]
-    model = DNNAggregator(n_sub, k, hidden=list(hidden), dropout=dropout)
+    if (n_sub, k) != (spec.num_subdomains, spec.num_classes):
+        raise ValueError(f"probabilities for {n_sub} subdomains x {k} classes, the DNN spec expects "
+                         f"{spec.num_subdomains} x {spec.num_classes}")
+    torch.manual_seed(spec.seed)
+    model = spec.build()
     tensors = {s: torch.from_numpy(np.array(p, dtype=np.float32, order="C")) for s, p in probs.items()}
     ys = {s: torch.from_numpy(np.array(v, dtype=np.int64)) for s, v in labels.items()}
     result = fit(
@@ -72,10 +66,10 @@ def train_dnn(
         ys["train"],
         tensors["val"],
         ys["val"],
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=OptimizerSettings("adam", lr),
-        seed=seed,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        optimizer=spec.optimizer,
+        seed=spec.seed,
     )
     test_probs = predict_proba(model, tensors["test"])
     return DNNOutcome(

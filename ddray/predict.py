@@ -20,10 +20,9 @@ import torch
 from ddray.aggregation import average_predict, stack_probabilities, vote_predict
 from ddray.data import Preprocessing, read_predict_inputs
 from ddray.decomposition import Subdomain
-from ddray.models import DNNAggregator
-from ddray.run_dir import RunDir, RunDirError
-from ddray.training.local import LocalSettings, build_local_model
+from ddray.run_dir import RunDir
 from ddray.training.loop import predict_proba
+from ddray.training.spec import TrainingSpec
 
 
 @dataclass
@@ -70,23 +69,19 @@ class TrainedRun:
         self.local_models = [self._load_local(s.index) for s in self.subdomains]
         self.dnn = self._load_dnn() if self.run_dir.dnn.exists() else None
         if not self.class_names:
-            k = self.local_models[0][1].num_classes
+            k = self.local_models[0][1].model.num_classes
             self.class_names = [str(i) for i in range(k)]
 
-    def _load_local(self, index: int) -> tuple[torch.nn.Module, LocalSettings]:
-        path = self.run_dir.local_model(index)
-        if not path.exists():
-            raise RunDirError(f"missing local model checkpoint {path}; the run is incomplete")
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        settings = LocalSettings(**saved["settings"])
-        model = build_local_model(settings)
-        model.load_state_dict(saved["state_dict"])
-        return model.eval(), settings
+    def _load_local(self, index: int) -> tuple[torch.nn.Module, TrainingSpec]:
+        state, spec = self.run_dir.load_local_model(index)
+        model = spec.model.build()
+        model.load_state_dict(state)
+        return model.eval(), spec
 
-    def _load_dnn(self) -> DNNAggregator:
-        saved = torch.load(self.run_dir.dnn, map_location="cpu", weights_only=True)
-        model = DNNAggregator(saved["num_subdomains"], saved["num_classes"], hidden=saved["hidden"], dropout=saved["dropout"])
-        model.load_state_dict(saved["state_dict"])
+    def _load_dnn(self) -> torch.nn.Module:
+        state, spec = self.run_dir.load_dnn()
+        model = spec.build()
+        model.load_state_dict(state)
         return model.eval()
 
     def local_probabilities(self, x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ keeps a snapshot file the REST service reads to report per-subdomain progress.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ddray.storage import write_json
 
 PHASES = ("loading", "local_training", "search", "aggregation", "baselines", "done", "failed", "cancelled")
 
@@ -106,9 +107,7 @@ class ProgressTracker:
         if not force and now - self._last_write < self.min_interval_s:
             return
         self._last_write = now
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.state, indent=1, default=float))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.state)
 
     def close(self, phase: str = "done", error: str | None = None) -> None:
         self._stop_bars()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -30,20 +28,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:  # pragma: no cover - all are dependencies
             pass
     return versions
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 def _num(value: Any) -> float | None:

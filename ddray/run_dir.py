@@ -10,10 +10,19 @@
     RUN/timings.json            local phase wall time so far (a resumed run adds to it)
     RUN/results.json            final results
     RUN/results.md, results.csv, accuracy.png
-    RUN/checkpoints/local/subNNN.pt   selected weights of each local CNN
-    RUN/checkpoints/dnn.pt            the coarse DNN
+    RUN/checkpoints/local/subNNN.pt   selected weights of each local CNN, with its TrainingSpec and subdomain
+    RUN/checkpoints/dnn.pt            the coarse DNN, with its DNNSpec
+    RUN/checkpoints/baselines/NAME.pt a comparison model (global, coherent, transfer), with its BaselineJob
+    RUN/baselines/NAME.json     a finished comparison model's summary and history (resume skips it)
     RUN/local/subNNN.npz        local probabilities of a finished subdomain (resume skips it)
+    RUN/tune/                   per-subdomain trials, best configs (a Tune search)
     STATE/subNNN.ckpt           resumable per-epoch training state
+
+Every file here is written by this module (atomically, see
+:func:`ddray.storage.atomic_write`) and read back by it; the model files are
+plain ``torch.save`` dicts of tensors and builtins, loaded with
+``weights_only=True``. torch is imported only when a model file is touched,
+so the REST service can use the layout without it.
 
 With a storage base (``storage:`` or ``$DDRAY_STORAGE``) every run owns the
 prefix ``<base>/<run_id>``: STATE is ``<prefix>/state``, the Tune and Train
@@ -33,13 +42,17 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import yaml
 
 from ddray import storage as store
 from ddray.config import RunConfig, load_config
-from ddray.storage import is_uri, join
+from ddray.storage import atomic_write, is_uri, join
+
+if TYPE_CHECKING:
+    from ddray.training.spec import DNNSpec, TrainingSpec
 
 RUN_FILE = "run.json"
 RUN_ID_MAX = 64
@@ -118,6 +131,18 @@ class RunDir:
         return self.root / "local"
 
     @property
+    def baseline_models(self) -> Path:
+        return self.root / "checkpoints" / "baselines"
+
+    @property
+    def baseline_summaries(self) -> Path:
+        return self.root / "baselines"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
     def run_file(self) -> Path:
         return self.root / RUN_FILE
 
@@ -142,6 +167,45 @@ class RunDir:
 
     def state_file(self, index: int) -> str:
         return join(self.state, f"sub{index:03d}.ckpt")
+
+    def baseline_model(self, name: str) -> Path:
+        return self.baseline_models / f"{name}.pt"
+
+    def baseline_summary(self, name: str) -> Path:
+        return self.baseline_summaries / f"{name}.json"
+
+    # ------------------------------------------------------------ models and results
+
+    def save_local_model(self, index: int, state_dict: Mapping[str, Any], spec: Mapping[str, Any], subdomain: Mapping[str, Any]) -> None:
+        """The file ``ddray predict`` and transfer learning load: weights, ``TrainingSpec.to_dict()``, subdomain."""
+        write_model(self.local_model(index), state_dict, spec=dict(spec), subdomain=dict(subdomain))
+
+    def load_local_model(self, index: int) -> tuple[dict, "TrainingSpec"]:
+        """(weights, TrainingSpec) of subdomain ``index``'s local CNN; RunDirError if it is missing."""
+        from ddray.training.spec import TrainingSpec
+
+        saved = read_model(self.local_model(index), what=f"local model of subdomain {index}")
+        return saved["state_dict"], TrainingSpec.from_dict(saved.get("spec") or saved["settings"])  # "settings": ddray 0.1
+
+    def save_dnn(self, state_dict: Mapping[str, Any], spec: "DNNSpec") -> None:
+        write_model(self.dnn, state_dict, spec=spec.to_dict())
+
+    def load_dnn(self) -> tuple[dict, "DNNSpec"]:
+        from ddray.training.spec import DNNSpec
+
+        saved = read_model(self.dnn, what="coarse DNN")
+        return saved["state_dict"], DNNSpec.from_dict(saved.get("spec") or saved)  # flat fields: ddray 0.1
+
+    def save_local_result(self, index: int, probabilities: Mapping[str, np.ndarray], summary: dict) -> None:
+        """Probabilities of a finished subdomain; written last, so its presence means 'done'."""
+        arrays = {f"p_{k}": v for k, v in probabilities.items()}
+        atomic_write(self.local_result(index), lambda tmp: np.savez(tmp, summary=np.array(json.dumps(summary)), **arrays))
+
+    def load_local_result(self, index: int) -> tuple[dict[str, np.ndarray], dict]:
+        with np.load(self.local_result(index)) as data:
+            probs = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
+            summary = json.loads(str(data["summary"]))
+        return probs, summary
 
     # ------------------------------------------------------------ identity and storage
 
@@ -274,15 +338,19 @@ def read_run_info(root: str | Path) -> dict:
     return {"run_id": info["run_id"], "storage": info.get("storage")}
 
 
-def save_local_result(path: Path, probabilities: dict[str, np.ndarray], summary: dict) -> None:
-    """Probabilities of a finished subdomain; written last, so its presence means 'done'."""
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, summary=np.array(json.dumps(summary)), **{f"p_{k}": v for k, v in probabilities.items()})
-    tmp.replace(path)
+def write_model(path: str | Path, state_dict: Mapping[str, Any], **meta: Any) -> None:
+    """A model file: ``{"state_dict": ..., **meta}`` (tensors and builtins only), written atomically."""
+    import torch
+
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **meta}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_local_result(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    with np.load(path) as data:
-        probs = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
-        summary = json.loads(str(data["summary"]))
-    return probs, summary
+def read_model(path: str | Path, what: str = "model") -> dict:
+    """A model file written by :func:`write_model` (or by ddray 0.1), loaded on CPU with ``weights_only=True``."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise RunDirError(f"missing {what} checkpoint {path}; the run is incomplete")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -21,13 +21,46 @@ torch nor Ray: the REST service uses it too.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 STORAGE_ENV = "DDRAY_STORAGE"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file beside ``path``, then rename it over ``path``.
+
+    The one way ddray writes a local file that others read while it runs (results, progress,
+    checkpoints, saved models): a reader, or a run killed mid-write, sees the old file or the
+    new one, never half of one. The temporary name keeps the suffix, so ``np.savez`` and
+    ``torch.save`` write exactly the name they are given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Indented JSON, atomically; numpy scalars and arrays become numbers and lists."""
+    text = json.dumps(data, indent=2, default=_json_default)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
 
 
 def is_uri(location: str) -> bool:

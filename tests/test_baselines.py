@@ -12,21 +12,16 @@ import torch
 from ddray.config import parse_config
 from ddray.decomposition import decompose
 from ddray.models import DNNAggregator
-from ddray.training.baselines import (
-    BaselineSettings,
-    TransferStart,
-    build_model,
-    parameter_checksum,
-    shard_indices,
-    train_baseline,
-)
-from ddray.training.local import LocalSettings, build_local_model
+from ddray.run_dir import RunDir
+from ddray.training.baselines import BaselineJob, TransferStart, build_model, parameter_checksum, shard_indices, train_baseline
+from ddray.training.spec import DNNSpec, ModelSpec, OptimizerSpec, TrainingSpec
+
+LOCAL = TrainingSpec(ModelSpec("small_cnn", 0.25, in_channels=1, num_classes=3), OptimizerSpec("adam", 0.01), epochs=1, batch_size=8)
 
 
-def _settings(name, **kw):
-    values = dict(name=name, model="small_cnn", num_classes=3, in_channels=1, spatial_dims=2, epochs=1, batch_size=8, lr=0.01)
-    values.update(kw)
-    return BaselineSettings(**values)
+def _settings(name, *, hidden=(64,), lr=0.01, epochs=1, subdomains=2):
+    training = TrainingSpec(ModelSpec("small_cnn", 1.0, in_channels=1, num_classes=3), OptimizerSpec("adam", lr), epochs=epochs, batch_size=8)
+    return BaselineJob(name, training, DNNSpec(subdomains, 3, hidden=hidden))
 
 
 def _arrays(n=40, size=8, k=3, seed=0):
@@ -49,22 +44,22 @@ def test_shards_are_equal_disjoint_and_cover_all_but_the_remainder():
 
 def test_transfer_model_starts_from_the_trained_local_models_and_dnn():
     subs = decompose((8, 8), [1, 2])
-    local = LocalSettings(model="small_cnn", width=0.25, epochs=1, batch_size=8, lr=0.01, num_classes=3)
+    local = LOCAL
     trained = []
     for i in range(2):
         torch.manual_seed(100 + i)
-        trained.append(build_local_model(local))
+        trained.append(local.model.build())
     dnn = DNNAggregator(2, 3, hidden=[16])
     start = TransferStart([local, local], [m.state_dict() for m in trained], dnn.state_dict())
-    settings = _settings("transfer", dnn_hidden=[16])
+    settings = _settings("transfer", hidden=(16,))
     model = build_model(settings, subs, [local, local], start)
     assert [parameter_checksum(m) for m in model.local_models] == [parameter_checksum(m) for m in trained]
     assert parameter_checksum(model.dnn) == parameter_checksum(dnn)
-    coherent = build_model(_settings("coherent", dnn_hidden=[16]), subs, [local, local])
+    coherent = build_model(_settings("coherent", hidden=(16,)), subs, [local, local])
     assert parameter_checksum(coherent.local_models[0]) != parameter_checksum(trained[0])
 
     # the start competes in model selection: with nothing learnt (lr 0) the start is kept as "epoch 0"
-    frozen = _settings("transfer", dnn_hidden=[16], lr=0.0, epochs=2)
+    frozen = _settings("transfer", hidden=(16,), lr=1e-12, epochs=2)
     outcome = train_baseline(build_model(frozen, subs, [local, local], start), _arrays(), frozen)
     assert outcome.best_epoch == 0
     assert outcome.initial_local_checksums == [parameter_checksum(m) for m in trained]
@@ -73,10 +68,16 @@ def test_transfer_model_starts_from_the_trained_local_models_and_dnn():
 
 def test_global_model_is_the_full_width_family_member():
     g = build_model(_settings("global"))
-    local = build_local_model(LocalSettings(model="small_cnn", width=0.25, epochs=1, batch_size=8, lr=0.01, num_classes=3))
+    local = LOCAL.model.build()
     assert sum(p.numel() for p in g.parameters()) > 4 * sum(p.numel() for p in local.parameters())
-    outcome = train_baseline(g, _arrays(size=16), _settings("global"))
-    assert 0.0 <= outcome.test_accuracy <= 1.0 and outcome.initial_local_checksums == []
+    before = parameter_checksum(g)
+    arrays = _arrays(size=16)
+    outcome = train_baseline(g, arrays, _settings("global", epochs=2))
+    assert outcome.initial_checksum == before and parameter_checksum(g) != before  # it trained
+    assert outcome.initial_local_checksums == [] and len(outcome.history) == 2
+    # the reported test accuracy is the selected model's on the test split
+    preds = g.eval()(torch.from_numpy(arrays["x_test"])).argmax(1).numpy()
+    assert outcome.test_accuracy == pytest.approx(float((preds == arrays["y_test"]).mean()))
 
 
 def test_finished_baselines_are_not_trained_again(tmp_path):
@@ -139,9 +140,9 @@ def test_transfer_starts_from_the_local_weights_and_beats_or_matches_the_dnn(com
     transfer = results["baselines"]["transfer"]
     saved = []
     for i in range(4):
-        state = torch.load(out / "checkpoints" / "local" / f"sub{i:03d}.pt", weights_only=True)
-        model = build_local_model(LocalSettings(**state["settings"]))
-        model.load_state_dict(state["state_dict"])
+        state, spec = RunDir(out).load_local_model(i)
+        model = spec.model.build()
+        model.load_state_dict(state)
         saved.append(parameter_checksum(model))
     assert transfer["initial_local_checksums"] == saved  # recorded inside the Ray Train worker before training
     assert transfer["start"] == "local CNNs + DNN"

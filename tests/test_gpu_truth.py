@@ -17,15 +17,17 @@ import torch
 from ddray.config import ConfigError, parse_config
 from ddray.decomposition import decompose
 from ddray.errors import JobFailed
-from ddray.training.local import CudaUnavailable, LocalSettings, cpu_threads, train_subdomain, training_device
+from ddray.training.local import CudaUnavailable, cpu_threads, train_subdomain, training_device
+from ddray.training.spec import DeviceRequest, ModelSpec, OptimizerSpec, TrainingSpec, training_spec
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback; this machine has CUDA")
 
 
-def gpu_settings(**overrides) -> LocalSettings:
-    values = dict(model="small_cnn", width=0.25, epochs=1, batch_size=16, lr=0.01, num_classes=2, use_gpu=True, gpus=0.5)
-    values.update(overrides)
-    return LocalSettings(**values)
+def gpu_settings(gpus: float = 0.5, require_cuda: bool = False) -> TrainingSpec:
+    return TrainingSpec(
+        ModelSpec("small_cnn", 0.25, in_channels=1, num_classes=2), OptimizerSpec("adam", 0.01), epochs=1, batch_size=16,
+        device=DeviceRequest(gpus, require_cuda),
+    )
 
 
 def test_cpu_threads_follow_the_cpu_share():
@@ -33,7 +35,7 @@ def test_cpu_threads_follow_the_cpu_share():
 
 
 def test_cpu_request_trains_on_cpu_silently(capsys):
-    assert training_device(gpu_settings(use_gpu=False, gpus=0.0), 0) == torch.device("cpu")
+    assert training_device(gpu_settings(gpus=0.0), 0) == torch.device("cpu")
     assert capsys.readouterr().err == ""
 
 
@@ -69,7 +71,7 @@ def test_result_records_the_device(capsys):
     result = train_subdomain(sub, arrays, gpu_settings())
     assert result.device == "cpu" and result.summary()["device"] == "cpu"
     assert "subdomain 1: asked for 0.5 GPU" in capsys.readouterr().err
-    plain = train_subdomain(sub, arrays, gpu_settings(use_gpu=False, gpus=0.0))
+    plain = train_subdomain(sub, arrays, gpu_settings(gpus=0.0))
     assert plain.summary()["device"] == "cpu"
     with pytest.raises(CudaUnavailable):  # before any training: nothing to time, no state written
         train_subdomain(sub, arrays, gpu_settings(require_cuda=True))
@@ -82,8 +84,8 @@ def test_require_cuda_is_validated_with_the_gpu_request():
     assert ok.resources.require_cuda is True
     with pytest.raises(ConfigError, match="require_cuda"):
         parse_config({**base, "resources": {"require_cuda": True}})
-    settings = LocalSettings.from_config(ok, num_classes=10, in_channels=1)
-    assert settings.use_gpu and settings.gpus == 0.5 and settings.require_cuda
+    spec = training_spec(ok, num_classes=10, in_channels=1)
+    assert spec.device == DeviceRequest(0.5, True) and spec.device.use_gpu
 
 
 # ------------------------------------------------------------------ on Ray (one logical GPU, no CUDA)

@@ -143,8 +143,15 @@ def test_transfer_learning_start_matches_separately_trained_models():
         assert torch.allclose(fresh.local_probabilities(x), expected, atol=1e-6)
         assert torch.allclose(fresh(x), trained_dnn(expected), atol=1e-6)
 
-    # b) from_pretrained copies: the originals stay untouched by fine-tuning
-    tuned = CoherentCNNDNN.from_pretrained(trained, subs, trained_dnn).eval()
+    # b) the transfer baseline's start (what a run builds from its saved models) copies the weights:
+    # fine-tuning it leaves the trained originals untouched
+    from ddray.training.baselines import BaselineJob, TransferStart, build_model
+    from ddray.training.spec import DNNSpec, ModelSpec, TrainingSpec
+
+    local = TrainingSpec(ModelSpec("small_cnn", 0.25, in_channels=1, num_classes=3))
+    job = BaselineJob("transfer", TrainingSpec(ModelSpec("small_cnn", 1.0, 1, 3)), DNNSpec(len(subs), 3, hidden=(8,)))
+    start = TransferStart([local] * len(subs), [m.state_dict() for m in trained], trained_dnn.state_dict())
+    tuned = build_model(job, subs, start=start).eval()
     with torch.no_grad():
         assert torch.allclose(tuned.local_probabilities(x), expected, atol=1e-6)
         next(tuned.local_models[0].parameters()).add_(1.0)

@@ -6,8 +6,10 @@ import torch
 
 from ddray.aggregation import accuracy, average_predict, stack_probabilities, train_dnn, vote_predict
 from ddray.decomposition import decompose
-from ddray.training.local import LocalSettings, train_subdomain
-from ddray.training.loop import OptimizerSettings, fit, make_optimizer
+from ddray.run_dir import RunDir
+from ddray.training.local import train_subdomain
+from ddray.training.loop import fit, predict_proba
+from ddray.training.spec import DNNSpec, ModelSpec, OptimizerSpec, TrainingSpec
 
 
 def test_average_and_vote_maths():
@@ -53,21 +55,27 @@ def test_dnn_learns_what_average_and_vote_cannot():
     probs, labels = {}, {}
     for split, n in (("train", 600), ("val", 150), ("test", 300)):
         probs[split], labels[split] = _count_probs(n, 4, rng)
-    outcome = train_dnn(probs, labels, hidden=[32], epochs=60, lr=0.01, batch_size=64, seed=0)
+    outcome = train_dnn(probs, labels, DNNSpec(4, 5, hidden=(32,), epochs=60, lr=0.01, batch_size=64, seed=0))
     assert outcome.test_accuracy > 0.95
     assert accuracy(average_predict(probs["test"]), labels["test"]) < 0.6
     assert accuracy(vote_predict(probs["test"]), labels["test"]) < 0.6
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
-def test_optimizers_by_name(name):
-    opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), OptimizerSettings(name, 0.1))
-    assert opt.defaults["lr"] == 0.1
+@pytest.mark.parametrize(
+    "name, cls, extra",
+    [("adam", torch.optim.Adam, {}), ("adamw", torch.optim.AdamW, {}), ("sgd", torch.optim.SGD, {"momentum": 0.8})],
+)
+def test_optimizer_spec_builds_the_named_optimizer_with_every_setting(name, cls, extra):
+    opt = OptimizerSpec(name, 0.1, weight_decay=0.01, momentum=0.8).make(torch.nn.Linear(2, 2).parameters())
+    assert type(opt) is cls
+    assert opt.defaults["lr"] == 0.1 and opt.defaults["weight_decay"] == 0.01
+    for key, value in extra.items():
+        assert opt.defaults[key] == value
 
 
-def test_unknown_optimizer():
-    with pytest.raises(ValueError, match="known: adam, adamw, sgd"):
-        make_optimizer(torch.nn.Linear(2, 2).parameters(), OptimizerSettings("rmsprop"))
+def test_unknown_optimizer_names_the_setting_and_the_choices():
+    with pytest.raises(ValueError, match="training.optimizer to one of adam, adamw, sgd"):
+        OptimizerSpec("rmsprop")
 
 
 def _toy(seed=0):
@@ -84,7 +92,7 @@ def _net():
 
 def test_fit_resumes_from_checkpoint_exactly(tmp_path):
     xt, yt, xv, yv = _toy()
-    opt = OptimizerSettings("adam", 0.01)
+    opt = OptimizerSpec("adam", 0.01)
     straight = _net()
     fit(straight, xt, yt, xv, yv, epochs=6, batch_size=16, optimizer=opt, seed=3, keep_best=False)
 
@@ -102,25 +110,35 @@ def test_fit_resumes_from_checkpoint_exactly(tmp_path):
 def test_fit_keeps_best_validation_epoch():
     xt, yt, xv, yv = _toy()
     net = _net()
-    result = fit(net, xt, yt, xv, yv, epochs=8, batch_size=16, optimizer=OptimizerSettings("adam", 0.05), seed=0)
+    result = fit(net, xt, yt, xv, yv, epochs=8, batch_size=16, optimizer=OptimizerSpec("adam", 0.05), seed=0)
     best = max(h["val_accuracy"] for h in result.history)
     assert result.best_val_accuracy == best
     assert result.history[result.best_epoch - 1]["val_accuracy"] == best
 
 
 def test_train_subdomain_sees_only_its_pixels(tmp_path):
-    """A local CNN is trained and evaluated on its own subimage; its model file reloads."""
+    """A local CNN is trained and evaluated on its own subimage; saved in a run folder, it reloads
+    with its spec and predicts exactly what it predicted before."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 1, 12, 12)).astype(np.float32)
     y = rng.integers(0, 2, 40)
     arrays = {f"{a}_{s}": v for s in ("train", "val", "test") for a, v in (("x", x), ("y", y))}
     sub = decompose((12, 12), (2, 2), 2)[1]
-    settings = LocalSettings(model="small_cnn", width=0.25, epochs=2, batch_size=16, lr=0.01, num_classes=2)
-    result = train_subdomain(sub, arrays, settings, model_path=tmp_path / "m.pt")
+    spec = TrainingSpec(ModelSpec("small_cnn", 0.25, in_channels=1, num_classes=2), OptimizerSpec("adam", 0.01), epochs=2, batch_size=16)
+    result = train_subdomain(sub, arrays, spec)
     assert result.probabilities["test"].shape == (40, 2)
     assert np.allclose(result.probabilities["val"].sum(1), 1, atol=1e-5)
     from ddray.training.local import fingerprint
 
     assert result.data_fingerprint == fingerprint(torch.from_numpy(np.ascontiguousarray(sub.extract(x))))
-    saved = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert saved["subdomain"]["bounds"] == sub.bounds
+    neighbour = decompose((12, 12), (2, 2), 2)[0]
+    assert result.data_fingerprint != fingerprint(torch.from_numpy(np.ascontiguousarray(neighbour.extract(x))))
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.save_local_model(sub.index, result.model_state, result.spec, result.subdomain_spec)
+    state, loaded = run_dir.load_local_model(sub.index)
+    assert loaded == spec
+    model = loaded.model.build()
+    model.load_state_dict(state)
+    x_sub = np.ascontiguousarray(sub.extract(x))
+    assert np.allclose(predict_proba(model, x_sub), result.probabilities["test"], atol=1e-6)
+    assert torch.load(run_dir.local_model(sub.index), weights_only=True)["subdomain"]["bounds"] == sub.bounds

@@ -1,14 +1,13 @@
 """CoherentCNNDNN: local CNNs and the coarse DNN as one network, trained end to end.
 
 It is both the "coherent" baseline (train everything jointly from scratch)
-and the "transfer" one (start from separately trained local models and DNN:
-pass them in, or copy their state_dicts in, since the attribute names
-``local_models.<i>`` and ``dnn`` match).
+and the "transfer" one (start from separately trained local models and DNN,
+whose state_dicts load into ``local_models.<i>`` and ``dnn``; see
+:func:`ddray.training.baselines.build_model`).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import torch
@@ -28,13 +27,6 @@ class CoherentCNNDNN(nn.Module):
         self.local_models = nn.ModuleList(local_models)
         self.subdomains = list(subdomains)
         self.dnn = dnn
-
-    @classmethod
-    def from_pretrained(
-        cls, local_models: Sequence[nn.Module], subdomains: Sequence[Subdomain], dnn: DNNAggregator
-    ) -> "CoherentCNNDNN":
-        """Transfer-learning start: deep copies, so fine-tuning leaves the trained originals untouched."""
-        return cls([copy.deepcopy(m) for m in local_models], subdomains, copy.deepcopy(dnn))
 
     def local_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax outputs of every local model on its subdomain of ``x``: (B, N, K)."""

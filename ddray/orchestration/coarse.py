@@ -12,14 +12,15 @@ import numpy as np
 import ray
 
 from ddray.aggregation import train_dnn
+from ddray.training.spec import DNNSpec
 
 
 @ray.remote
-def _coarse_task(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], dnn: dict[str, Any], seed: int) -> dict[str, Any]:
+def _coarse_task(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec: DNNSpec) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    outcome = train_dnn(probs, labels, seed=seed, **dnn)
+    outcome = train_dnn(probs, labels, spec)
     return {
         "state_dict": {k: v.cpu() for k, v in outcome.model.state_dict().items()},
         "test_accuracy": outcome.test_accuracy,
@@ -32,6 +33,6 @@ def _coarse_task(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], dn
     }
 
 
-def run_coarse_step(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], dnn: dict[str, Any], seed: int, cpus: float = 1.0) -> dict[str, Any]:
+def run_coarse_step(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec: DNNSpec, cpus: float = 1.0) -> dict[str, Any]:
     """Train the DNN aggregator on the cluster and wait for it."""
-    return ray.get(_coarse_task.options(num_cpus=cpus).remote(probs, labels, dnn, seed))
+    return ray.get(_coarse_task.options(num_cpus=cpus).remote(probs, labels, spec))

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from rich.console import Console
 
 from ddray import report
@@ -29,9 +28,10 @@ from ddray.orchestration.cluster import check_feasible, ray_session
 from ddray.orchestration.coarse import run_coarse_step
 from ddray.orchestration.local_phase import LocalTask, run_local_phase
 from ddray.progress import ProgressTracker
-from ddray.run_dir import RunDir, RunDirError, load_local_result, save_local_result
-from ddray.storage import is_uri, local_copy, storage_base
-from ddray.training.local import LocalResult, LocalSettings
+from ddray.run_dir import RunDir, RunDirError
+from ddray.storage import is_uri, local_copy, storage_base, write_json
+from ddray.training.local import LocalResult
+from ddray.training.spec import dnn_spec, training_spec
 
 
 def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool, run_id: str | None = None) -> RunDir:
@@ -72,17 +72,6 @@ def load_data(config: RunConfig) -> Dataset:
             raise DataError(str(err).replace(str(local), uri)) from None
 
 
-def dataset_arrays(dataset: Dataset) -> dict[str, np.ndarray]:
-    return {
-        "x_train": dataset.x_train,
-        "y_train": dataset.y_train,
-        "x_val": dataset.x_val,
-        "y_val": dataset.y_val,
-        "x_test": dataset.x_test,
-        "y_test": dataset.y_test,
-    }
-
-
 def run(
     config: RunConfig,
     output_dir: str | Path,
@@ -108,8 +97,8 @@ def run(
         run_dir.create()
     else:
         run_dir.claim(config)  # takes the storage prefix at once (run.json, config.yaml)
-    report.write_json(run_dir.preprocessing, dataset.preprocessing.to_dict())
-    report.write_json(run_dir.subdomains, [asdict(s) for s in subdomains])
+    write_json(run_dir.preprocessing, dataset.preprocessing.to_dict())
+    write_json(run_dir.subdomains, [asdict(s) for s in subdomains])
     sizes = dataset.summary()
     console.print(
         f"[bold]ddray[/]: run {run_dir.run_id}: {sizes['train']} train / {sizes['val']} val / "
@@ -166,16 +155,15 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
         from ddray.orchestration.train_jobs import check_baselines_feasible
 
         check_baselines_feasible(config)  # before any training, not after the local phase
-    settings = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    spec = training_spec(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
 
     finished: dict[int, tuple[dict[str, np.ndarray], dict]] = {}
     for sub in subdomains:
-        path = run_dir.local_result(sub.index)
-        if path.exists():
-            finished[sub.index] = load_local_result(path)
+        if run_dir.local_result(sub.index).exists():
+            finished[sub.index] = run_dir.load_local_result(sub.index)
             tracker.update({"subdomain": sub.index, "status": "restored", "test_accuracy": finished[sub.index][1]["test_accuracy"]})
 
-    data_ref = ray.put(dataset_arrays(dataset))  # once, shared by every worker
+    data_ref = ray.put(dataset.arrays())  # once, shared by every worker
     local_started = time.perf_counter()
     todo = [s for s in subdomains if s.index not in finished]
     tracker.phase("local_training", subdomains=len(subdomains), to_train=len(todo), workers=min(slots, max(1, len(todo))))
@@ -186,21 +174,21 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
 
     def record_local_wall() -> float:
         wall = earlier + time.perf_counter() - local_started
-        report.write_json(run_dir.timings, {"local_wall": wall})
+        write_json(run_dir.timings, {"local_wall": wall})
         return wall
 
     def keep(result: LocalResult, where: dict) -> None:
         summary = {**result.summary(), "node_id": where.get("node_id"), "bounds": subdomains[result.subdomain].bounds}
         if "trial_id" in where:  # chosen by the Tune search
             summary.update(trial_id=where["trial_id"], tune_config=where.get("tune_config"))
-        save_local_result(run_dir.local_result(result.subdomain), result.probabilities, summary)
+        if result.model_state is None:
+            raise JobFailed(f"subdomain {result.subdomain} finished without its model weights")
+        run_dir.save_local_model(result.subdomain, result.model_state, result.spec, result.subdomain_spec)
+        run_dir.save_local_result(result.subdomain, result.probabilities, summary)  # last: marks it done
         finished[result.subdomain] = (result.probabilities, summary)
         record_local_wall()
 
-    tasks = [
-        LocalTask(sub, settings, run_dir.state_file(sub.index), str(run_dir.local_model(sub.index)))
-        for sub in todo
-    ]
+    tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
     if config.tune is not None:
         from ddray.orchestration.tune import run_search
@@ -250,7 +238,7 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
         "versions": report.library_versions(),
     }
     results["comparison"] = report.comparison_summary(results)
-    report.write_json(run_dir.results, results)
+    write_json(run_dir.results, results)
     report.write_tables(results, run_dir.root)
     report.plot_accuracy(results, run_dir.root / report.PLOT_FILE)
     return results
@@ -264,13 +252,10 @@ def _aggregate(config: RunConfig, probs: dict[str, np.ndarray], labels: dict[str
         elif method == "vote":
             out["vote"] = {"test_accuracy": accuracy(vote_predict(probs["test"]), labels["test"]), "parameters": 0}
         elif method == "dnn":
-            dnn_cfg = config.aggregation.dnn.model_dump()
+            spec = dnn_spec(config, num_subdomains=probs["test"].shape[1], num_classes=probs["test"].shape[2])
             t0 = time.perf_counter()
-            trained = run_coarse_step(probs, labels, dnn_cfg, config.seed, cpus=min(1.0, cpus))
-            torch.save(
-                {"state_dict": trained["state_dict"], "num_subdomains": probs["test"].shape[1], "num_classes": probs["test"].shape[2], **dnn_cfg},
-                run_dir.dnn,
-            )
+            trained = run_coarse_step(probs, labels, spec, cpus=min(1.0, cpus))
+            run_dir.save_dnn(trained["state_dict"], spec)
             out["dnn"] = {
                 "test_accuracy": trained["test_accuracy"],
                 "validation_accuracy": trained["validation_accuracy"],

@@ -38,8 +38,9 @@ from ddray.decomposition import Subdomain
 from ddray.errors import SubdomainFailed
 from ddray.orchestration.cluster import cluster_shape, feasible_capacity
 from ddray.storage import checkpoint_location
-from ddray.training.local import CudaUnavailable, LocalResult, LocalSettings, cpu_threads, save_local_model, train_subdomain
+from ddray.training.local import CudaUnavailable, LocalResult, cpu_threads, train_subdomain
 from ddray.training.loop import Callback
+from ddray.training.spec import TrainingSpec
 
 
 WAIT_NOTICE_S = 30.0  # first 'still waiting for workers' notice (then every 2 min)
@@ -88,24 +89,25 @@ class SubdomainWorker:
         self,
         sub: Subdomain,
         arrays: Mapping[str, Any],
-        settings: LocalSettings,
+        spec: TrainingSpec,
         checkpoint: str,
         queue: Queue | None,
     ) -> tuple[LocalResult, dict]:
         """Train one subdomain; the weights travel back in the result, so no shared disk is needed."""
-        progress = QueueProgress(queue, sub.index, settings.epochs)
+        progress = QueueProgress(queue, sub.index, spec.epochs)
         progress.send({"status": "started", "epoch": 0, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()})
         with checkpoint_location(checkpoint) as (local_path, sync):
-            result = train_subdomain(sub, arrays, settings, checkpoint_path=local_path, callbacks=[progress, sync])
+            result = train_subdomain(sub, arrays, spec, checkpoint_path=local_path, callbacks=[progress, sync])
         return result, self.where()
 
 
 @dataclass
 class LocalTask:
+    """A subdomain still to train: what, how, and where its per-epoch state lives."""
+
     sub: Subdomain
-    settings: LocalSettings
+    spec: TrainingSpec
     checkpoint_path: str
-    model_path: str
 
 
 def run_local_phase(
@@ -120,7 +122,11 @@ def run_local_phase(
     on_result: Callable[[LocalResult, dict], None],
     poll_s: float = 0.25,
 ) -> list[LocalResult]:
-    """Train every task on a pool of at most ``slots`` actors; results in task order."""
+    """Train every task on a pool of at most ``slots`` actors; results in task order.
+
+    ``on_result`` gets each finished subdomain with its weights (``model_state``) and keeps it
+    (the driver saves it in the run folder); the returned results no longer hold the weights.
+    """
     if not tasks:
         return []
     # the progress queue lives on the driver's node, so losing a worker node never loses it
@@ -150,7 +156,7 @@ def run_local_phase(
 
     def submit(worker) -> None:
         task = pending_tasks.pop(0)
-        ref = worker.train.remote(task.sub, data_ref, task.settings, task.checkpoint_path, queue)
+        ref = worker.train.remote(task.sub, data_ref, task.spec, task.checkpoint_path, queue)
         running[ref] = (worker, task)
 
     def release(worker) -> None:
@@ -232,11 +238,10 @@ def run_local_phase(
                     cause = getattr(err, "cause", None)
                     detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, CudaUnavailable) else _short(err)
                     raise SubdomainFailed(f"subdomain {task.sub.index} failed: {detail}") from None
-                save_local_model(task.model_path, result)
-                result.model_state = None  # written; do not keep every model in driver memory
-                results[task.sub.index] = result
                 on_event({"subdomain": task.sub.index, "status": "done", "test_accuracy": result.test_accuracy, **where})
-                on_result(result, where)
+                on_result(result, where)  # saves the weights
+                result.model_state = None  # do not keep every model in driver memory
+                results[task.sub.index] = result
                 if pending_tasks:
                     submit(worker)
                 else:

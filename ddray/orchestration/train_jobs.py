@@ -28,33 +28,22 @@ Design:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import ray
-import torch
 
 from ddray.config import RunConfig
 from ddray.data import Dataset
 from ddray.decomposition import Subdomain
 from ddray.errors import BaselineFailed, ResourceError
 from ddray.orchestration.cluster import ClusterShape, cluster_shape, feasible_capacity
-from ddray.run_dir import RunDir
-from ddray.training.baselines import BASELINE_NAMES, BaselineSettings, TransferStart
-from ddray.training.local import LocalSettings
-
-
-def storage_location(config: RunConfig, run_dir: RunDir, leaf: str) -> str:
-    """Where Ray Tune/Train keep an experiment (their ``storage_path``): ``<run prefix>/<leaf>``, or
-    ``RUN/<leaf>`` without storage. The prefix is resolved once, by the run folder
-    (:meth:`ddray.run_dir.RunDir.location`); ``config`` is not consulted.
-    """
-    return run_dir.location(leaf)
+from ddray.run_dir import RunDir, read_model, write_model
+from ddray.storage import write_json
+from ddray.training.baselines import BaselineJob, TransferStart
+from ddray.training.spec import BASELINE_NAMES, TrainingSpec, dnn_spec, training_spec
 
 
 def worker_resources(config: RunConfig) -> tuple[float, float]:
@@ -84,59 +73,41 @@ def check_baselines_feasible(config: RunConfig, shape: ClusterShape | None = Non
         ) from None
 
 
-def baseline_settings(config: RunConfig, dataset: Dataset, name: str) -> BaselineSettings:
-    t, b = config.training, config.baselines
-    return BaselineSettings(
-        name=name,
-        model=config.local_model.name,
-        num_classes=dataset.num_classes,
-        in_channels=dataset.in_channels,
-        spatial_dims=config.spatial_dims,
-        epochs=b.epochs or t.epochs,
-        batch_size=b.batch_size or t.batch_size,
-        lr=b.lr or t.lr,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        momentum=t.momentum,
-        seed=config.seed,
-        dnn_hidden=list(config.aggregation.dnn.hidden),
-        dnn_dropout=config.aggregation.dnn.dropout,
+def baseline_job(config: RunConfig, dataset: Dataset, subdomains: Sequence[Subdomain], name: str) -> BaselineJob:
+    shape = dict(num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    return BaselineJob(
+        name,
+        training_spec(config, **shape, baseline=name),
+        dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes),
     )
 
 
-def local_settings(config: RunConfig, dataset: Dataset, run_dir: RunDir, subdomains: Sequence[Subdomain]) -> list[LocalSettings]:
-    """Each subdomain's local CNN settings as trained (a Tune search may have changed its width)."""
-    default = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-    out = []
-    for sub in subdomains:
-        path = run_dir.local_model(sub.index)
-        if path.exists():
-            out.append(LocalSettings(**torch.load(path, map_location="cpu", weights_only=True)["settings"]))
-        else:
-            out.append(default)
-    return out
+def local_specs(config: RunConfig, dataset: Dataset, run_dir: RunDir, subdomains: Sequence[Subdomain]) -> list[TrainingSpec]:
+    """Each subdomain's local CNN as trained (a Tune search may have changed its width), else as configured."""
+    default = training_spec(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    return [run_dir.load_local_model(s.index)[1] if run_dir.local_model(s.index).exists() else default for s in subdomains]
 
 
 def transfer_start(run_dir: RunDir, subdomains: Sequence[Subdomain]) -> tuple[TransferStart, str]:
     """The trained local CNNs (and DNN, if the run trained one) as initial values; and a label of the start."""
-    settings, states = [], []
+    specs, states = [], []
     for sub in subdomains:
-        path = run_dir.local_model(sub.index)
-        if not path.exists():
-            raise BaselineFailed(f"the transfer baseline needs the trained local model {path}, which is missing")
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        settings.append(LocalSettings(**saved["settings"]))
-        states.append(saved["state_dict"])
+        if not run_dir.local_model(sub.index).exists():
+            raise BaselineFailed(f"the transfer baseline needs the trained local model {run_dir.local_model(sub.index)}, which is missing")
+        state, spec = run_dir.load_local_model(sub.index)
+        specs.append(spec)
+        states.append(state)
     dnn_state, label = None, "local CNNs + random DNN"
     if run_dir.dnn.exists():
-        dnn_state, label = torch.load(run_dir.dnn, map_location="cpu", weights_only=True)["state_dict"], "local CNNs + DNN"
-    return TransferStart(settings, states, dnn_state), label
+        dnn_state, label = run_dir.load_dnn()[0], "local CNNs + DNN"
+    return TransferStart(specs, states, dnn_state), label
 
 
 def baseline_loop(cfg: dict) -> None:
     """Runs on every Ray Train worker: build, wrap (DDP if >1 worker), train, report each model in turn."""
     import ray.train
     import ray.train.torch
+    import torch
 
     from ddray.training.baselines import build_model, train_baseline
 
@@ -147,7 +118,7 @@ def baseline_loop(cfg: dict) -> None:
     start = ray.get(cfg["start"]) if cfg["start"] is not None else None
     device = ray.train.torch.get_device()
     for job in cfg["jobs"]:
-        inner = build_model(job, cfg["subdomains"], cfg["local_settings"], start)
+        inner = build_model(job, cfg["subdomains"], cfg["local_specs"], start)
         model = ray.train.torch.prepare_model(inner)  # DistributedDataParallel when world > 1
         outcome = train_baseline(model, arrays, job, rank=rank, world_size=world, device=device, unwrapped=inner)
         if rank == 0:
@@ -156,9 +127,8 @@ def baseline_loop(cfg: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                state = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
-                torch.save({"state_dict": state, "settings": asdict(job)}, Path(d) / f"{job.name}.pt")
-                (Path(d) / f"{job.name}.json").write_text(json.dumps(outcome.summary(), default=float))
+                write_model(Path(d) / f"{job.name}.pt", inner.state_dict(), job=job.to_dict())
+                write_json(Path(d) / f"{job.name}.json", outcome.summary())
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(
                 {"baseline": job.name, "test_accuracy": outcome.test_accuracy, "train_wall_s": outcome.train_wall_s},
@@ -179,18 +149,12 @@ def run_baselines(
     from ray.train.torch import TorchTrainer
 
     names = [n for n in dict.fromkeys(config.compare) if n in BASELINE_NAMES]
-    out_dir = run_dir.root / "baselines"
-    weights_dir = run_dir.root / "checkpoints" / "baselines"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    done = {n: json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").exists()}
+    done = {n: json.loads(run_dir.baseline_summary(n).read_text()) for n in names if run_dir.baseline_summary(n).exists()}
     todo = [n for n in names if n not in done]
     if todo:
         check_baselines_feasible(config)
         if data_ref is None:
-            from ddray.orchestration.driver import dataset_arrays
-
-            data_ref = ray.put(dataset_arrays(dataset))
+            data_ref = ray.put(dataset.arrays())
         start_ref, start_label = None, None
         if "transfer" in todo:
             start, start_label = transfer_start(run_dir, subdomains)
@@ -198,7 +162,7 @@ def run_baselines(
         cpus, gpus = worker_resources(config)
         workers = config.resources.num_workers
         resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-        storage = storage_location(config, run_dir, "baselines")
+        storage = run_dir.location("baselines")
         name = f"job-{time.strftime('%Y%m%d-%H%M%S')}"
         trainer = TorchTrainer(
             baseline_loop,
@@ -206,8 +170,8 @@ def run_baselines(
                 "data": data_ref,
                 "start": start_ref,
                 "subdomains": list(subdomains),
-                "local_settings": local_settings(config, dataset, run_dir, subdomains),
-                "jobs": [baseline_settings(config, dataset, n) for n in todo],
+                "local_specs": local_specs(config, dataset, run_dir, subdomains),
+                "jobs": [baseline_job(config, dataset, subdomains, n) for n in todo],
                 "cpus": cpus,
             },
             scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
@@ -219,7 +183,7 @@ def run_baselines(
         except Exception as err:
             raise BaselineFailed(f"the Ray Train job for {todo} failed: {_short(err)}") from None
         job_wall = time.perf_counter() - started
-        trained = _collect(result, weights_dir)
+        trained = _collect(result, run_dir)
         missing = [n for n in todo if n not in trained]
         if missing:
             raise BaselineFailed(f"the Ray Train job for {todo} finished without reporting {missing}")
@@ -234,24 +198,23 @@ def run_baselines(
                 num_workers=workers,
                 use_gpu=gpus > 0,
                 start={"global": "random", "coherent": "random", "transfer": start_label}[n],
-                checkpoint=str(weights_dir / f"{n}.pt"),
+                checkpoint=str(run_dir.baseline_model(n)),
             )
-            tmp = out_dir / f"{n}.json.tmp"
-            tmp.write_text(json.dumps(info, indent=1, default=float))
-            os.replace(tmp, out_dir / f"{n}.json")
+            write_json(run_dir.baseline_summary(n), info)
             done[n] = info
     return {n: _public(done[n]) for n in names}
 
 
-def _collect(result, weights_dir: Path) -> dict[str, dict]:
-    """Copy each reported model's weights out of its Ray Train checkpoint; return the summaries."""
+def _collect(result, run_dir: RunDir) -> dict[str, dict]:
+    """Install each reported model's weights from its Ray Train checkpoint in the run folder; return the summaries."""
     trained: dict[str, dict] = {}
     checkpoints = [c for c, _ in (result.best_checkpoints or [])] or ([result.checkpoint] if result.checkpoint else [])
     for checkpoint in checkpoints:
         with checkpoint.as_directory() as d:
             for summary in sorted(Path(d).glob("*.json")):
                 name = summary.stem
-                shutil.copyfile(Path(d) / f"{name}.pt", weights_dir / f"{name}.pt")
+                saved = read_model(Path(d) / f"{name}.pt", what=f"{name} baseline")
+                write_model(run_dir.baseline_model(name), saved.pop("state_dict"), **saved)
                 trained[name] = json.loads(summary.read_text())
     return trained
 

@@ -31,45 +31,32 @@ import torch
 from torch import nn
 
 from ddray.decomposition import Subdomain
-from ddray.models import CoherentCNNDNN, DNNAggregator, count_parameters, create_model
-from ddray.training.local import LocalSettings, build_local_model
-from ddray.training.loop import Callback, OptimizerSettings, evaluate, fit
-
-BASELINE_NAMES = ("global", "coherent", "transfer")
+from ddray.models import CoherentCNNDNN, count_parameters
+from ddray.training.loop import Callback, evaluate, fit
+from ddray.training.spec import BASELINE_NAMES, DNNSpec, SpecError, TrainingSpec
 
 
-@dataclass
-class BaselineSettings:
-    """How one comparison model is built and trained (picklable, small)."""
+@dataclass(frozen=True)
+class BaselineJob:
+    """One comparison model to train: which, its training, and the coarse DNN of coherent/transfer."""
 
     name: str  # global | coherent | transfer
-    model: str  # registered CNN family
-    num_classes: int
-    in_channels: int
-    spatial_dims: int
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    seed: int = 0
-    dnn_hidden: list[int] = field(default_factory=lambda: [64])
-    dnn_dropout: float = 0.0
+    training: TrainingSpec  # optimizer, epochs, global batch, seed; its model is the global CNN
+    dnn: DNNSpec
 
     def __post_init__(self) -> None:
         if self.name not in BASELINE_NAMES:
-            raise ValueError(f"unknown baseline '{self.name}'; known: {', '.join(BASELINE_NAMES)}")
+            raise SpecError(f"unknown baseline '{self.name}': compare may list {', '.join(BASELINE_NAMES)}")
 
-    def optimizer_settings(self) -> OptimizerSettings:
-        return OptimizerSettings(self.optimizer, self.lr, self.weight_decay, self.momentum)
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "training": self.training.to_dict(), "dnn": self.dnn.to_dict()}
 
 
 @dataclass
 class TransferStart:
     """Initial values of the transfer model: trained local CNNs (and DNN, if one was trained)."""
 
-    local_settings: list[LocalSettings]  # per subdomain, as saved with its weights
+    local_specs: list[TrainingSpec]  # per subdomain, as saved with its weights
     local_states: list[dict[str, torch.Tensor]]
     dnn_state: dict[str, torch.Tensor] | None = None
 
@@ -108,51 +95,32 @@ def parameter_checksum(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_global_model(settings: BaselineSettings) -> nn.Module:
-    """The undecomposed CNN of the local family at full width."""
-    return create_model(
-        settings.model,
-        in_channels=settings.in_channels,
-        num_classes=settings.num_classes,
-        spatial_dims=settings.spatial_dims,
-        width=1.0,
-    )
-
-
-def build_coherent_model(
-    settings: BaselineSettings, subdomains: Sequence[Subdomain], local_settings: Sequence[LocalSettings]
-) -> CoherentCNNDNN:
+def build_coherent_model(job: BaselineJob, subdomains: Sequence[Subdomain], local_specs: Sequence[TrainingSpec]) -> CoherentCNNDNN:
     """Local CNNs (each with its own, possibly tuned, width) + DNN, randomly initialised."""
-    torch.manual_seed(settings.seed)
-    local_models = [build_local_model(s) for s in local_settings]
-    dnn = DNNAggregator(len(subdomains), settings.num_classes, hidden=settings.dnn_hidden, dropout=settings.dnn_dropout)
-    return CoherentCNNDNN(local_models, subdomains, dnn)
+    torch.manual_seed(job.training.seed)
+    return CoherentCNNDNN([s.model.build() for s in local_specs], subdomains, job.dnn.build())
 
 
-def build_transfer_model(settings: BaselineSettings, subdomains: Sequence[Subdomain], start: TransferStart) -> CoherentCNNDNN:
-    """The coherent model whose initial values are the trained local CNNs (and DNN)."""
-    model = build_coherent_model(settings, subdomains, start.local_settings)
+def build_model(
+    job: BaselineJob,
+    subdomains: Sequence[Subdomain] = (),
+    local_specs: Sequence[TrainingSpec] = (),
+    start: TransferStart | None = None,
+) -> nn.Module:
+    """The global CNN at full width, the coherent CNN-DNN, or the coherent one started from trained models."""
+    if job.name == "global":
+        torch.manual_seed(job.training.seed)
+        return job.training.model.build()
+    if job.name == "coherent":
+        return build_coherent_model(job, subdomains, local_specs)
+    if start is None:
+        raise ValueError("the transfer baseline needs the trained local models (TransferStart)")
+    model = build_coherent_model(job, subdomains, start.local_specs)
     for local, state in zip(model.local_models, start.local_states):
         local.load_state_dict(state)
     if start.dnn_state is not None:
         model.dnn.load_state_dict(start.dnn_state)
     return model
-
-
-def build_model(
-    settings: BaselineSettings,
-    subdomains: Sequence[Subdomain] = (),
-    local_settings: Sequence[LocalSettings] = (),
-    start: TransferStart | None = None,
-) -> nn.Module:
-    if settings.name == "global":
-        torch.manual_seed(settings.seed)
-        return build_global_model(settings)
-    if settings.name == "coherent":
-        return build_coherent_model(settings, subdomains, local_settings)
-    if start is None:
-        raise ValueError("the transfer baseline needs the trained local models (TransferStart)")
-    return build_transfer_model(settings, subdomains, start)
 
 
 # ------------------------------------------------------------------ training
@@ -177,7 +145,7 @@ def _tensor(a: np.ndarray, dtype=np.float32) -> torch.Tensor:
 def train_baseline(
     model: nn.Module,
     arrays: Mapping[str, np.ndarray],
-    settings: BaselineSettings,
+    job: BaselineJob,
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -198,7 +166,8 @@ def train_baseline(
     initial_checksum = parameter_checksum(inner)
     local_checksums = [parameter_checksum(m) for m in inner.local_models] if isinstance(inner, CoherentCNNDNN) else []
 
-    idx = shard_indices(len(arrays["y_train"]), rank, world_size, settings.seed)
+    spec = job.training
+    idx = shard_indices(len(arrays["y_train"]), rank, world_size, spec.seed)
     x_train = _tensor(arrays["x_train"])[idx]
     y_train = _tensor(arrays["y_train"], np.int64)[idx]
     x_val, y_val = _tensor(arrays["x_val"]), _tensor(arrays["y_val"], np.int64)
@@ -207,7 +176,7 @@ def train_baseline(
     started = time.perf_counter()
     inner.to(device)
     start_state, start_val = None, None
-    if settings.name == "transfer":
+    if job.name == "transfer":
         start_state = copy.deepcopy(inner.state_dict())
         _, start_val = evaluate(inner, x_val, y_val)
     outcome = fit(
@@ -216,10 +185,10 @@ def train_baseline(
         y_train,
         x_val,
         y_val,
-        epochs=settings.epochs,
-        batch_size=max(1, settings.batch_size // world_size),
-        optimizer=settings.optimizer_settings(),
-        seed=settings.seed * 7919 + rank,
+        epochs=spec.epochs,
+        batch_size=max(1, spec.batch_size // world_size),
+        optimizer=spec.optimizer,
+        seed=spec.seed * 7919 + rank,
         device=device,
         callbacks=callbacks,
     )
@@ -230,7 +199,7 @@ def train_baseline(
     train_wall = time.perf_counter() - started
     _, test_acc = evaluate(inner, x_test, y_test)
     return BaselineOutcome(
-        name=settings.name,
+        name=job.name,
         test_accuracy=float(test_acc),
         validation_accuracy=float(best_val),
         best_epoch=best_epoch,

@@ -19,58 +19,11 @@ import numpy as np
 import torch
 
 from ddray.decomposition import Subdomain
-from ddray.models import count_parameters, create_model
-from ddray.training.loop import Callback, OptimizerSettings, evaluate, fit, predict_proba
+from ddray.models import count_parameters
+from ddray.training.loop import Callback, evaluate, fit, predict_proba
+from ddray.training.spec import TrainingSpec
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class LocalSettings:
-    """Everything a local training needs besides the data (picklable, small)."""
-
-    model: str
-    width: float
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    num_classes: int = 2
-    in_channels: int = 1
-    spatial_dims: int = 2
-    seed: int = 0
-    use_gpu: bool = False
-    gpus: float = 0.0  # the GPU share asked for (resources.gpus_per_subdomain), for messages
-    require_cuda: bool = False  # fail instead of falling back to CPU when no CUDA device is visible
-
-    @classmethod
-    def from_config(cls, config, *, num_classes: int, in_channels: int, overrides: Mapping | None = None) -> "LocalSettings":
-        """From a RunConfig plus optional Tune-sampled overrides (lr, batch_size, width, ...)."""
-        t = config.training
-        values = dict(
-            model=config.local_model.name,
-            width=config.local_model.width,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            optimizer=t.optimizer,
-            weight_decay=t.weight_decay,
-            momentum=t.momentum,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            spatial_dims=config.spatial_dims,
-            seed=config.seed,
-            use_gpu=config.resources.gpus_per_subdomain > 0,
-            gpus=config.resources.gpus_per_subdomain,
-            require_cuda=config.resources.require_cuda,
-        )
-        values.update(overrides or {})
-        return cls(**values)
-
-    def optimizer_settings(self) -> OptimizerSettings:
-        return OptimizerSettings(self.optimizer, self.lr, self.weight_decay, self.momentum)
 
 
 @dataclass
@@ -85,7 +38,7 @@ class LocalResult:
     train_seconds: float
     resumed_from_epoch: int = 0
     data_fingerprint: str = ""
-    settings: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)  # TrainingSpec.to_dict() of what was trained
     subdomain_spec: dict = field(default_factory=dict)
     model_state: dict | None = None  # selected weights on CPU; the driver writes them where it keeps runs
     device: str = "cpu"  # where it trained: "cpu", "cuda:0", ...
@@ -121,7 +74,7 @@ def cuda_diagnosis() -> str:
     return f"torch.cuda.is_available() is False (CUDA_VISIBLE_DEVICES={visible if visible is not None else 'unset'}, {built})"
 
 
-def training_device(settings: LocalSettings, subdomain: int) -> torch.device:
+def training_device(spec: TrainingSpec, subdomain: int) -> torch.device:
     """The device a subdomain trains on: CUDA when it asked for a GPU and one is visible, else CPU.
 
     A GPU request without a usable CUDA device (a logical Ray GPU on a CPU
@@ -129,12 +82,12 @@ def training_device(settings: LocalSettings, subdomain: int) -> torch.device:
     back to CPU with a warning on stderr, which Ray forwards to the job log; with
     ``require_cuda`` it raises ``CudaUnavailable`` instead, before any training.
     """
-    if not settings.use_gpu:
+    if not spec.device.use_gpu:
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
-    asked = f"subdomain {subdomain}: asked for {settings.gpus:g} GPU but {cuda_diagnosis()}"
-    if settings.require_cuda:
+    asked = f"subdomain {subdomain}: asked for {spec.device.gpus:g} GPU but {cuda_diagnosis()}"
+    if spec.device.require_cuda:
         raise CudaUnavailable(
             f"{asked}; resources.require_cuda is true, so it does not train on CPU. Fix: run on nodes whose NVIDIA "
             f"driver supports torch's CUDA build (torch 2.14.1 wheels are CUDA 13.0 builds: driver >= 580; "
@@ -159,45 +112,35 @@ def fingerprint(x: torch.Tensor) -> str:
     return hashlib.sha1(x.numpy().tobytes()).hexdigest()[:16]
 
 
-def build_local_model(settings: LocalSettings) -> torch.nn.Module:
-    return create_model(
-        settings.model,
-        in_channels=settings.in_channels,
-        num_classes=settings.num_classes,
-        spatial_dims=settings.spatial_dims,
-        width=settings.width,
-    )
-
-
 def train_subdomain(
     sub: Subdomain,
     arrays: Mapping[str, np.ndarray],
-    settings: LocalSettings,
+    spec: TrainingSpec,
     *,
     checkpoint_path: str | Path | None = None,
-    model_path: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> LocalResult:
     """Train the local CNN of ``sub`` and return its class probabilities on every split.
 
-    ``checkpoint_path`` holds the resumable training state; ``model_path`` gets
-    the selected weights (the checkpoint users and ``ddray predict`` load).
+    ``checkpoint_path`` holds the resumable training state. The selected weights come back in
+    ``model_state``; the caller saves them where it keeps runs (:meth:`ddray.run_dir.RunDir.save_local_model`).
     """
-    device = training_device(settings, sub.index)  # before any work: require_cuda fails here
+    device = training_device(spec, sub.index)  # before any work: require_cuda fails here
     started = time.perf_counter()
-    torch.manual_seed(settings.seed * 1009 + sub.index)
+    seed = spec.seed * 1009 + sub.index
+    torch.manual_seed(seed)
     data = subdomain_tensors(arrays, sub)
-    model = build_local_model(settings)
+    model = spec.model.build()
     outcome = fit(
         model,
         data["x_train"],
         data["y_train"],
         data["x_val"],
         data["y_val"],
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        optimizer=settings.optimizer_settings(),
-        seed=settings.seed * 1009 + sub.index,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        optimizer=spec.optimizer,
+        seed=seed,
         device=device,
         callbacks=callbacks,
         checkpoint_path=checkpoint_path,
@@ -215,20 +158,9 @@ def train_subdomain(
         train_seconds=time.perf_counter() - started,
         resumed_from_epoch=outcome.resumed_from_epoch,
         data_fingerprint=fingerprint(data["x_train"]),
-        settings=asdict(settings),
+        spec=spec.to_dict(),
         subdomain_spec=asdict(sub),
         model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
         device=str(device),
     )
-    if model_path is not None:
-        save_local_model(model_path, result)
     return result
-
-
-def save_local_model(path: str | Path, result: LocalResult) -> None:
-    """The file ``ddray predict`` and transfer learning load: weights, settings, subdomain."""
-    if result.model_state is None:
-        raise ValueError(f"subdomain {result.subdomain}: no model weights to save")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": result.model_state, "settings": result.settings, "subdomain": result.subdomain_spec}, path)

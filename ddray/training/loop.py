@@ -10,15 +10,17 @@ Ray actor continue where its predecessor died.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from ddray.storage import atomic_write
+from ddray.training.spec import OptimizerSpec
 
 
 class Callback:
@@ -28,34 +30,6 @@ class Callback:
         """Called after each epoch with 1-based ``epoch`` and that epoch's metrics."""
 
 
-class FunctionCallback(Callback):
-    """Adapter so a plain function can observe epochs."""
-
-    def __init__(self, fn: Callable[[int, dict[str, float]], None]):
-        self.fn = fn
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
-        self.fn(epoch, metrics)
-
-
-@dataclass
-class OptimizerSettings:
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimizerSettings) -> torch.optim.Optimizer:
-    if settings.name == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    if settings.name == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    if settings.name == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    raise ValueError(f"unknown optimizer '{settings.name}'; known: adam, adamw, sgd")
-
-
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
@@ -63,11 +37,6 @@ class FitResult:
     best_val_accuracy: float = 0.0
     resumed_from_epoch: int = 0
     seconds: float = 0.0
-
-
-def select_device(use_gpu: bool) -> torch.device:
-    """CUDA when asked for and present, else CPU (fake Ray GPUs on CPU machines land here)."""
-    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
@@ -104,12 +73,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss, acc
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def fit(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -119,7 +82,7 @@ def fit(
     *,
     epochs: int,
     batch_size: int,
-    optimizer: OptimizerSettings,
+    optimizer: OptimizerSpec,
     seed: int = 0,
     device: torch.device | None = None,
     callbacks: Sequence[Callback] = (),
@@ -135,7 +98,7 @@ def fit(
     """
     device = device or torch.device("cpu")
     model.to(device)
-    opt = make_optimizer(model.parameters(), optimizer)
+    opt = optimizer.make(model.parameters())
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict()) if keep_best else None
     start_epoch = 0
@@ -179,18 +142,16 @@ def fit(
             if keep_best:
                 best_state = copy.deepcopy(model.state_dict())
         if ckpt is not None:
-            _save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "best_state": best_state,
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_val_accuracy": result.best_val_accuracy,
-                    "epoch": epoch,
-                },
-                ckpt,
-            )
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "best_state": best_state,
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy,
+                "epoch": epoch,
+            }
+            atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
         for cb in callbacks:
             cb.on_epoch_end(epoch, metrics, model)
     if keep_best and best_state is not None:

@@ -1,0 +1,226 @@
+"""What one training is, in one validated place: model, optimizer, schedule, device request.
+
+Local CNNs, Tune trials, the coarse DNN and the comparison models are all built
+from a ``RunConfig`` by :func:`training_spec` / :func:`dnn_spec` (a Tune trial adds
+its sampled overrides), so a setting is read from the config in exactly one
+place. The specs are small frozen dataclasses: they pickle to Ray workers, are
+saved beside the weights (:meth:`TrainingSpec.to_dict`), and check themselves on
+construction, so a bad value fails with a message naming the setting to change
+before any worker starts, whether it came from YAML, REST or a Tune sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from ddray.config import TUNABLE, ConfigError, RunConfig
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+BASELINE_NAMES = ("global", "coherent", "transfer")
+
+
+class SpecError(ConfigError):
+    """A training setting that cannot work; the message names the setting and the fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered CNN family at a width, for inputs of a channel count, dimension and class count."""
+
+    name: str
+    width: float
+    in_channels: int
+    num_classes: int
+    spatial_dims: int = 2
+
+    def __post_init__(self) -> None:
+        from ddray.models import list_models
+
+        known = list_models()
+        _require(self.name in known, f"unknown model '{self.name}': set local_model.name to one of {', '.join(known)}")
+        _require(
+            0 < self.width <= 1,
+            f"model width {self.width:g} is outside (0, 1]: set local_model.width (or narrow tune.space.width) into (0, 1]",
+        )
+        _require(self.in_channels >= 1, f"in_channels must be >= 1, got {self.in_channels}")
+        _require(self.num_classes >= 2, f"a classifier needs >= 2 classes, the data has {self.num_classes}")
+        _require(self.spatial_dims in (2, 3), f"spatial_dims must be 2 (images) or 3 (volumes), got {self.spatial_dims}")
+
+    def build(self) -> torch.nn.Module:
+        from ddray.models import create_model
+
+        return create_model(
+            self.name, in_channels=self.in_channels, num_classes=self.num_classes, spatial_dims=self.spatial_dims, width=self.width
+        )
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+
+    def __post_init__(self) -> None:
+        _require(self.name in OPTIMIZERS, f"unknown optimizer '{self.name}': set training.optimizer to one of {', '.join(OPTIMIZERS)}")
+        _require(self.lr > 0, f"learning rate {self.lr:g} must be > 0: set training.lr (or tune.space.lr) above 0")
+        _require(self.weight_decay >= 0, f"weight_decay {self.weight_decay:g} must be >= 0: set training.weight_decay")
+        _require(0 <= self.momentum < 1, f"momentum {self.momentum:g} must be in [0, 1): set training.momentum")
+
+    def make(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        if self.name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.name == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """The GPU share a local training asked Ray for; whether it may fall back to CPU without one."""
+
+    gpus: float = 0.0
+    require_cuda: bool = False
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """One model's training: what to build, how to optimise it, for how long, with which seed."""
+
+    model: ModelSpec
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    device: DeviceRequest = field(default_factory=DeviceRequest)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}: set training.epochs (or tune.space.epochs)")
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}: set training.batch_size (or tune.space.batch_size)")
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "TrainingSpec":
+        """This spec with Tune-sampled values (keys of ``TUNABLE``) applied and validated."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(TUNABLE))
+        _require(not unknown, f"cannot override {unknown}; tunable: {', '.join(TUNABLE)}")
+        model = replace(self.model, width=float(overrides["width"])) if "width" in overrides else self.model
+        optimizer_changes = {k: overrides[k] for k in ("lr", "weight_decay") if k in overrides}
+        if "optimizer" in overrides:
+            optimizer_changes["name"] = str(overrides["optimizer"])
+        optimizer = replace(self.optimizer, **optimizer_changes) if optimizer_changes else self.optimizer
+        top = {k: int(overrides[k]) for k in ("epochs", "batch_size") if k in overrides}
+        return replace(self, model=model, optimizer=optimizer, **top)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (saved beside the weights; JSON- and weights_only-safe)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSpec":
+        """From :meth:`to_dict`, or from the flat ``settings`` dict that ddray 0.1 runs saved."""
+        if isinstance(data.get("model"), Mapping):
+            return cls(
+                model=ModelSpec(**data["model"]),
+                optimizer=OptimizerSpec(**data.get("optimizer", {})),
+                device=DeviceRequest(**data.get("device", {})),
+                **{f.name: data[f.name] for f in fields(cls) if f.name in ("epochs", "batch_size", "seed") and f.name in data},
+            )
+        return cls(  # ddray 0.1 (LocalSettings / BaselineSettings fields, flat)
+            model=ModelSpec(data["model"], float(data.get("width", 1.0)), int(data["in_channels"]), int(data["num_classes"]), int(data["spatial_dims"])),
+            optimizer=OptimizerSpec(data.get("optimizer", "adam"), float(data["lr"]), float(data.get("weight_decay", 0.0)), float(data.get("momentum", 0.9))),
+            epochs=int(data["epochs"]),
+            batch_size=int(data["batch_size"]),
+            seed=int(data.get("seed", 0)),
+            device=DeviceRequest(float(data.get("gpus", 0.0)), bool(data.get("require_cuda", False))),
+        )
+
+
+@dataclass(frozen=True)
+class DNNSpec:
+    """The coarse dense network on the local class probabilities, and its training."""
+
+    num_subdomains: int
+    num_classes: int
+    hidden: tuple[int, ...] = (64,)
+    dropout: float = 0.0
+    epochs: int = 60
+    lr: float = 0.003
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _require(self.num_subdomains >= 1, f"the DNN needs >= 1 subdomain, got {self.num_subdomains}")
+        _require(self.num_classes >= 2, f"a classifier needs >= 2 classes, the data has {self.num_classes}")
+        _require(all(h >= 1 for h in self.hidden), f"aggregation.dnn.hidden {list(self.hidden)}: every layer size must be >= 1")
+        _require(0 <= self.dropout < 1, f"aggregation.dnn.dropout {self.dropout:g} must be in [0, 1)")
+        _require(self.epochs >= 1 and self.batch_size >= 1, "aggregation.dnn.epochs and batch_size must be >= 1")
+        _require(self.lr > 0, f"aggregation.dnn.lr {self.lr:g} must be > 0")
+
+    def build(self) -> torch.nn.Module:
+        from ddray.models import DNNAggregator
+
+        return DNNAggregator(self.num_subdomains, self.num_classes, hidden=list(self.hidden), dropout=self.dropout)
+
+    @property
+    def optimizer(self) -> OptimizerSpec:
+        return OptimizerSpec("adam", self.lr)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DNNSpec":
+        """From :meth:`to_dict`, or from the dnn.pt of ddray 0.1 runs (DNNConfig fields + sizes)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+# ------------------------------------------------------------------ from a config
+
+
+def training_spec(
+    config: RunConfig,
+    *,
+    num_classes: int,
+    in_channels: int,
+    overrides: Mapping[str, Any] | None = None,
+    baseline: str | None = None,
+) -> TrainingSpec:
+    """The training of a local CNN (``baseline=None``, with optional Tune ``overrides``) or of a comparison model.
+
+    A comparison model trains with ``baselines.epochs / lr / batch_size`` where set, else ``training``'s;
+    the ``global`` one is the local family at full width.
+    """
+    t, b = config.training, config.baselines
+    if baseline is not None:
+        _require(baseline in BASELINE_NAMES, f"unknown baseline '{baseline}': compare may list {', '.join(BASELINE_NAMES)}")
+        _require(not overrides, "Tune overrides apply to local trainings only")
+    width = 1.0 if baseline == "global" else config.local_model.width
+    spec = TrainingSpec(
+        model=ModelSpec(config.local_model.name, width, in_channels, num_classes, config.spatial_dims),
+        optimizer=OptimizerSpec(t.optimizer, (b.lr or t.lr) if baseline else t.lr, t.weight_decay, t.momentum),
+        epochs=(b.epochs or t.epochs) if baseline else t.epochs,
+        batch_size=(b.batch_size or t.batch_size) if baseline else t.batch_size,
+        seed=config.seed,
+        device=DeviceRequest(config.resources.gpus_per_subdomain, config.resources.require_cuda) if baseline is None else DeviceRequest(),
+    )
+    return spec.with_overrides(overrides)
+
+
+def dnn_spec(config: RunConfig, *, num_subdomains: int, num_classes: int) -> DNNSpec:
+    d = config.aggregation.dnn
+    return DNNSpec(num_subdomains, num_classes, tuple(d.hidden), d.dropout, d.epochs, d.lr, d.batch_size, config.seed)
