@@ -20,7 +20,6 @@ from ddray.orchestration.driver import run
 from ddray.predict import TrainedRun
 from ddray.run_dir import RunDirError
 
-pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +53,7 @@ def digits_run(ray_cluster, tmp_path_factory):
     return run(config, out), out
 
 
+@pytest.mark.ray
 def test_digits_results_folder_is_complete(digits_run):
     results, out = digits_run
     saved = json.loads((out / "results.json").read_text())
@@ -76,6 +76,7 @@ def test_digits_results_folder_is_complete(digits_run):
     assert all(v["epoch"] == 8 for v in progress["subdomains"].values())
 
 
+@pytest.mark.ray
 def test_predict_replays_the_trained_decision(digits_run, tmp_path):
     """Classifying the test images from a raw npz gives the DNN's reported test accuracy."""
     from sklearn.datasets import load_digits
@@ -103,6 +104,7 @@ def test_predict_replays_the_trained_decision(digits_run, tmp_path):
     assert hits >= 16
 
 
+@pytest.mark.ray
 def test_rerun_into_finished_folder_is_refused_and_keeps_files(digits_run):
     results, out = digits_run
     before = (out / "results.json").read_bytes()
@@ -111,6 +113,7 @@ def test_rerun_into_finished_folder_is_refused_and_keeps_files(digits_run):
     assert (out / "results.json").read_bytes() == before
 
 
+@pytest.mark.ray
 def test_dnn_beats_average_and_vote_when_label_needs_all_subdomains(ray_cluster, tmp_path):
     """Label = number of marked cells: each subdomain only knows its own cell.
 
@@ -125,6 +128,7 @@ def test_dnn_beats_average_and_vote_when_label_needs_all_subdomains(ray_cluster,
     assert agg["dnn"]["test_accuracy"] >= agg["vote"]["test_accuracy"] + 0.2
 
 
+@pytest.mark.ray
 def test_3d_volumes(ray_cluster, tmp_path):
     config = parse_config(
         {
@@ -145,6 +149,7 @@ def test_3d_volumes(ray_cluster, tmp_path):
     assert len(preds.decisions["dnn"]) == 3
 
 
+@pytest.mark.ray
 def test_unsatisfiable_gpu_request_fails_at_once(ray_cluster, tmp_path):
     config = count_config(resources={"gpus_per_subdomain": 2})
     with pytest.raises(ResourceError, match="gpus_per_subdomain=2"):
@@ -185,6 +190,7 @@ def _run_in_thread(config, out):
     return thread, outcome
 
 
+@pytest.mark.ray
 def test_killed_worker_is_restarted_from_its_checkpoint(ray_cluster, tmp_path):
     """SIGKILL a subdomain's worker mid-training: a new worker resumes from the last epoch."""
     config = count_config(training={"epochs": 40}, resources={"max_retries": 2}, aggregation={"methods": ["average"]})
@@ -199,6 +205,7 @@ def test_killed_worker_is_restarted_from_its_checkpoint(ray_cluster, tmp_path):
     assert resumed["epochs_run"] == 40
 
 
+@pytest.mark.ray
 def test_retries_exhausted_names_the_subdomain_and_keeps_checkpoints(ray_cluster, tmp_path):
     config = count_config(training={"epochs": 40}, resources={"max_retries": 0}, aggregation={"methods": ["average"]})
     out = tmp_path / "fatal"
@@ -213,6 +220,7 @@ def test_retries_exhausted_names_the_subdomain_and_keeps_checkpoints(ray_cluster
     assert progress["phase"] == "failed" and f"subdomain {victim}" in progress["error"]
 
 
+@pytest.mark.ray
 def test_storage_and_dataset_as_uris(ray_cluster, tmp_path):
     """storage: and dataset.path may be URIs (file:// here; s3:// and gs:// go through the same pyarrow code)."""
     from ddray.data import generate_count
@@ -258,6 +266,7 @@ def test_cli_bad_data_file_names_the_file_before_any_worker(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before a run folder (or Ray) was made
 
 
+@pytest.mark.ray
 def test_sigterm_stops_a_cli_run_cleanly_keeping_its_work(tmp_path):
     """`ddray cancel` and schedulers send SIGTERM: the run ends "cancelled" and keeps its work for --resume."""
     (tmp_path / "cfg.yaml").write_text(

@@ -106,14 +106,12 @@ def test_without_storage_everything_stays_in_the_run_folder(tmp_path, monkeypatc
 
 
 def test_ray_train_and_tune_storage_is_the_run_prefix_not_a_private_resolution(tmp_path, monkeypatch):
-    from ddray.orchestration.train_jobs import storage_location
-
+    """Once a run has its prefix, neither DDRAY_STORAGE nor the config moves its Tune or Train experiments."""
     monkeypatch.setenv("DDRAY_STORAGE", "s3://from-env/runs")
-    config = parse_config(run_config(dataset={"source": "synthetic", "path": None}, storage="s3://from-config/runs"))
     run_dir = RunDir(tmp_path / "run", storage="s3://the-run/prefix/r1", run_id="r1")
-    assert storage_location(config, run_dir, "baselines") == "s3://the-run/prefix/r1/baselines"
-    assert storage_location(config, run_dir, "tune") == "s3://the-run/prefix/r1/tune"
-    assert storage_location(config, RunDir(tmp_path / "run"), "tune") == str(tmp_path / "run" / "tune")
+    assert run_dir.location("baselines") == "s3://the-run/prefix/r1/baselines"
+    assert run_dir.location("tune") == "s3://the-run/prefix/r1/tune"
+    assert RunDir(tmp_path / "run").location("tune") == str(tmp_path / "run" / "tune")
     monkeypatch.setenv("DDRAY_STORAGE", str(tmp_path / "env-store"))
     fresh = RunDir.fresh(tmp_path / "other", storage.storage_base(None), "r2")  # env used when the config has none
     assert fresh.storage == str(tmp_path / "env-store" / "r2") and fresh.location("baselines") == f"{fresh.storage}/baselines"
