@@ -10,12 +10,11 @@ cluster that scales GPU workers from zero has no GPU yet when a job arrives;
 such a job is feasible, and its pending actors are what makes the autoscaler
 start the GPU nodes.
 
-Where the node types come from (Ray 2.60): the GCS key that
-``ray._private.state.state.get_cluster_config()`` reads is never written by
-the autoscaler that ``ray up`` and ``ray start --autoscaling-config`` run (v1,
-the default; v2 does not publish it either), so it is only a first choice.
-The second source is the autoscaler's own config file: the head node's
-autoscaler process (``.../autoscaler/_private/monitor.py`` or
+Where the node types come from (Ray 2.60): not from the GCS cluster config
+(``ray._private.state.state.get_cluster_config()``), which the autoscaler that
+``ray up`` and ``ray start --autoscaling-config`` run never writes (v1, the
+default; v2 does not publish it either; tests/test_autoscaling.py checks it),
+but from the autoscaler's own config file: the head node's autoscaler process (``.../autoscaler/_private/monitor.py`` or
 ``.../autoscaler/v2/monitor.py``) runs with ``--gcs-address=IP:PORT`` and
 ``--autoscaling-config=FILE``; ddray finds the process of its cluster's GCS
 port and reads FILE (on the head itself, or through a small task pinned to
@@ -264,8 +263,8 @@ def autoscaler_config() -> tuple[dict | None, str]:
     Cached for a few seconds per cluster: a job asks more than once (feasibility, pool size).
     """
     try:
-        address = ray._private.worker.global_worker.gcs_client.address
-    except Exception:
+        address = ray.get_runtime_context().gcs_address
+    except Exception:  # not connected
         return None, ""
     cached = _config_cache.get(address)
     if cached and time.monotonic() - cached[0] < _CONFIG_TTL_S:
@@ -277,11 +276,8 @@ def autoscaler_config() -> tuple[dict | None, str]:
 
 def _read_autoscaler_config(address: str) -> tuple[dict | None, str]:
     head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None)
-    config = _config_from_gcs(head)
-    if config:
-        return config, "GCS cluster config"
     port = int(address.rsplit(":", 1)[1])
-    here = ray._private.services.get_node_ip_address()
+    here = ray.util.get_node_ip_address()
     try:
         if head is None or head["NodeManagerAddress"] == here:
             found = read_autoscaler_config_file(port)
@@ -326,48 +322,9 @@ def read_autoscaler_config_file(gcs_port: int) -> tuple[str, dict] | None:
     return None
 
 
-def _config_from_gcs(head: Mapping[str, Any] | None) -> dict | None:
-    """The cluster config in the GCS, as a cluster.yaml-style dict.
-
-    Ray 2.60's autoscalers (v1, which `ray up` and `ray start --autoscaling-config`
-    run, and v2) never write it, so this is None there; kept for deployments
-    that do. A group of the head's shape with max_count 1 is taken for the head.
-    """
-    try:
-        config = ray._private.state.state.get_cluster_config()
-    except Exception:
-        return None
-    if config is None or not config.node_group_configs:
-        return None
-    head_shape = (float(head["Resources"].get("CPU", 0)), float(head["Resources"].get("GPU", 0))) if head else None
-    types: dict[str, dict] = {}
-    head_type = None
-    for group in config.node_group_configs:
-        resources = {k: float(v) for k, v in group.resources.items()}
-        if head_type is None and group.max_count == 1 and (resources.get("CPU", 0), resources.get("GPU", 0)) == head_shape:
-            head_type = group.name
-            continue
-        types[group.name] = {
-            "resources": resources,
-            "min_workers": int(group.min_count),
-            "max_workers": int(group.max_count) if group.max_count >= 0 else UNLIMITED,
-        }
-    return {"available_node_types": types, "max_workers": None}
-
-
 def _alive_workers_per_type(workers: list[dict], config: Mapping[str, Any]) -> dict[str, int]:
     """Worker nodes up per node type: by the autoscaler's own node-type map, a node-group label, or by shape."""
-    mapping: dict[str, str] = {}
-    try:
-        import json
-
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        status = _internal_kv_get(ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS)
-        if status:
-            mapping = json.loads(status).get("autoscaler_report", {}).get("node_type_mapping") or {}
-    except Exception:
-        mapping = {}
+    mapping = _autoscaler_node_types()
     types = {name: spec or {} for name, spec in (config.get("available_node_types") or {}).items()}
     counts: dict[str, int] = {}
     for n in workers:
@@ -404,3 +361,23 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         yield
     finally:
         ray.shutdown()
+
+
+def _autoscaler_node_types() -> dict[str, str]:
+    """The autoscaler's own node id/ip -> node type map, from the status it publishes for `ray status`.
+
+    The one private Ray API here: Ray 2.60 has no public call that returns the v1 autoscaler's
+    report (``ray.autoscaler.sdk`` only requests resources; ``ray.util.state`` lists nodes without
+    their type), so this reads the key ``ray status`` reads. Empty when it is missing or changes
+    shape: then nodes are typed by their ``ray.io/node-group`` label or their shape.
+    """
+    try:
+        import json
+
+        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+        return (json.loads(status).get("autoscaler_report", {}).get("node_type_mapping") or {}) if status else {}
+    except Exception:
+        return {}
