@@ -56,10 +56,25 @@ def check_dataset(ds: Dataset, channels: int, spatial: tuple[int, ...], classes:
     assert ds.num_classes == classes and len(ds.class_names) == classes
     axes = (0,) + tuple(range(2, ds.x_train.ndim))
     np.testing.assert_allclose(ds.x_train.mean(axis=axes), 0.0, atol=1e-4)
-    s = ds.summary()
-    json.dumps(s)
-    assert s["train"] + s["val"] + s["test"] == len(ds.y_train) + len(ds.y_val) + len(ds.y_test)
+    s = json.loads(json.dumps(ds.summary()))  # what results.json records
+    for split, y in (("train", ds.y_train), ("val", ds.y_val), ("test", ds.y_test)):
+        assert s[split] == len(y)
+        assert s["class_counts"][split] == np.bincount(y, minlength=classes).tolist()
     assert s["spatial_shape"] == list(spatial) and s["num_classes"] == classes
+
+
+def check_range_recorded(ds: Dataset, levels: int | None = None) -> None:
+    """The record's value_min/value_max are the TRAIN split's per-channel range on the scaled values
+    (what prediction inputs are checked against); with ``levels``, those values are k / levels."""
+    prep = ds.preprocessing
+    shape = (1, prep.channels) + (1,) * len(prep.spatial_shape)
+    scaled = ds.x_train.astype(np.float64) * np.reshape(prep.std, shape) + np.reshape(prep.mean, shape)
+    axes = (0,) + tuple(range(2, scaled.ndim))
+    np.testing.assert_allclose(prep.value_min, scaled.min(axis=axes), atol=1e-5)
+    np.testing.assert_allclose(prep.value_max, scaled.max(axis=axes), atol=1e-5)
+    if levels is not None:  # e.g. uint8 / 255: every value is one of the 256 levels of 0..1
+        np.testing.assert_allclose(scaled * levels, np.rint(scaled * levels), atol=1e-3)
+        assert np.rint(scaled * levels).min() >= 0 and np.rint(scaled * levels).max() <= levels
 
 
 # ------------------------------------------------------------------- sources
@@ -88,7 +103,8 @@ def test_npz_without_test_split(tmp_path):
     check_dataset(ds, 2, (16, 16), 4)
     # ... and scaled like image files: uint8 / 255 (docs/preprocessing.md)
     prep = ds.preprocessing
-    assert prep.source_values == "uint8 / 255" and 0 <= min(prep.value_min) and max(prep.value_max) <= 1
+    assert prep.source_values == "uint8 / 255"
+    check_range_recorded(ds, levels=255)
     assert all(0.3 < m < 0.7 for m in prep.mean)
     assert ds.class_names == ["a", "b", "c", "d"]
     assert len(ds.y_test) == 20 and len(ds.y_val) == 8 and len(ds.y_train) == 72
@@ -207,7 +223,8 @@ def test_cifar10_fake_pickles(tmp_path, protocol):
         check_dataset(ds, 3, (32, 32), 10)
         assert len(ds.y_test) == 10 and len(ds.y_train) + len(ds.y_val) == 50
         assert ds.class_names[0] == "airplane" and ds.class_names[-1] == "truck"
-        assert ds.preprocessing.source_values == "uint8 / 255" and max(ds.preprocessing.value_max) <= 1
+        assert ds.preprocessing.source_values == "uint8 / 255"
+        check_range_recorded(ds, levels=255)
     ds = load_dataset(cfg(source="cifar10", path=str(tmp_path), limit=15), seed=0)
     assert len(ds.y_train) + len(ds.y_val) == 15 and len(ds.y_test) == 10
 
@@ -323,6 +340,29 @@ def test_splits_seeded_disjoint_and_stratified(tmp_path):
     np.testing.assert_array_equal(ds.y_train, a[0] % 3)  # labels travel with their images
 
 
+def test_arrays_are_the_datasets_own_splits():
+    ds = load_dataset(cfg(source="synthetic", size=[16, 16], samples=100), seed=0, grid=[2, 2])
+    arrays = ds.arrays()
+    assert set(arrays) == {"x_train", "y_train", "x_val", "y_val", "x_test", "y_test"}
+    for name, a in arrays.items():
+        own = getattr(ds, name)
+        assert a is own and np.shares_memory(a, own)  # no copies: the driver ships them once
+
+
+def test_fingerprint_tells_data_sets_apart(tmp_path):
+    c = cfg(source="synthetic", kind="blobs", size=[16, 16], classes=3, samples=120)
+    first = load_dataset(c, seed=0)
+    assert load_dataset(c, seed=0).fingerprint() == first.fingerprint()  # same config, second load
+    assert load_dataset(c, seed=1).fingerprint() != first.fingerprint()  # other seed: other data and splits
+    changed = load_dataset(c, seed=0)
+    changed.y_test[0] = (changed.y_test[0] + 1) % 3  # one label differs
+    assert changed.fingerprint() != first.fingerprint()
+    p = ids_npz(tmp_path)
+    a = load_dataset(cfg(source="npz", path=str(p), validation_fraction=0.2), seed=0)
+    b = load_dataset(cfg(source="npz", path=str(p), validation_fraction=0.3), seed=0)
+    assert a.fingerprint() != b.fingerprint()  # same samples, split differently
+
+
 def test_tiny_limit_falls_back_to_unstratified_split():
     with pytest.warns(RuntimeWarning, match="not stratified"):
         ds = load_dataset(cfg(source="digits", limit=12), seed=0)
@@ -427,8 +467,11 @@ def test_error_image_smaller_than_grid(tmp_path):
         load_dataset(cfg(source="digits", image_size=[8, 8]), seed=0, grid=[4, 4], overlap=1)
 
 
-def test_data_error_is_value_error():
+def test_data_error_is_value_error(tmp_path):
+    """Callers that catch ValueError around loading also catch bad data."""
     assert issubclass(DataError, ValueError)
+    with pytest.raises(ValueError, match="dataset path not found"):
+        load_dataset(cfg(source="npz", path=str(tmp_path / "missing.npz")), seed=0)
 
 
 # ------------------------------------------------------- preprocessing/predict

@@ -4,10 +4,20 @@ Public names: DataError, Preprocessing, Dataset, load_dataset,
 read_predict_inputs, load_predict_inputs, scale_values; generators in
 ``ddray.data.synthetic``. How stored values become model inputs (the
 preprocessing contract) is documented in docs/preprocessing.md.
+
+Modules, each importing only those listed before it:
+``validation`` (DataError, checks, the value scale), ``synthetic``,
+``images`` (image files, resize), ``raw`` (RawData); ``preprocessing``
+(the Preprocessing record), ``cifar``, ``sources`` (the SOURCES loaders),
+``size`` (size from headers); ``dataset`` (Dataset, splits, load_dataset);
+``predict_inputs``.
 """
 
-from ddray.data.dataset import Dataset, Preprocessing, load_dataset, load_predict_inputs, read_predict_inputs
-from ddray.data.sources import IMAGE_EXTENSIONS, SOURCES
+from ddray.data.dataset import Dataset, load_dataset
+from ddray.data.images import IMAGE_EXTENSIONS
+from ddray.data.predict_inputs import load_predict_inputs, read_predict_inputs
+from ddray.data.preprocessing import Preprocessing
+from ddray.data.sources import SOURCES
 from ddray.data.synthetic import generate_blobs, generate_count
 from ddray.data.validation import DataError, scale_values, value_divisor
 

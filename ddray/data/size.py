@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddray.data.images import list_image_files
 from ddray.data.validation import DataError
 
 FLOAT_BYTES = 4  # every split is float32 once loaded
@@ -66,8 +67,6 @@ def _dataset_bytes(cfg) -> int | None:
     if cfg.source == "npz" and cfg.path and Path(cfg.path).is_file():
         return npz_bytes(cfg.path)
     if cfg.source == "imagefolder" and cfg.path and Path(cfg.path).is_dir():
-        from ddray.data.sources import list_image_files
-
         files = list_image_files(Path(cfg.path))
         if files:
             resize = tuple(cfg.image_size) if cfg.image_size else None

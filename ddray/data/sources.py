@@ -12,18 +12,18 @@ digits (sklearn's 0..16 values) are divided by 16. Nothing is ever downloaded.
 
 from __future__ import annotations
 
-import codecs
 import math
-import pickle
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ddray.config import DatasetConfig
-from ddray.data import synthetic
+from ddray.data.synthetic import generate_blobs, generate_count
+from ddray.data.cifar import load_cifar10
+from ddray.data.images import IMAGE_EXTENSIONS, IMAGE_VALUES, is_image_file, list_image_files, probe_images, read_images
+from ddray.data.raw import RawData
 from ddray.data.validation import (
     DataError,
     check_image_size,
@@ -36,96 +36,7 @@ from ddray.data.validation import (
     value_divisor,
 )
 
-# torchvision.datasets.folder.IMG_EXTENSIONS (ImageFolder's list), copied so that
-# importing ddray.data does not import torchvision (~1.5 s); a test keeps them equal.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}  # read as uint16 (/ 65535), not clipped to 8 bits
-IMAGE_VALUES = "image files: 8-bit / 255, 16-bit grayscale / 65535"
-
-
-@dataclass
-class RawData:
-    """What a loader hands to ``load_dataset``: validated, un-normalised arrays."""
-
-    x: np.ndarray  # float32 (N, C, *spatial)
-    y: np.ndarray  # int64 (N,)
-    num_classes: int
-    class_names: list[str]
-    origin: str  # file / folder / source name used in messages
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    default_resize: list[int] | None = None  # resize target when dataset.image_size is unset (digits)
-    values: str = "float32 as stored"  # how stored values were scaled (describe_values), for the record
-
-
-# ---------------------------------------------------------------- image files
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def list_image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
-    found = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if is_image_file(p):
-            found.append(p)
-    return sorted(found)
-
-
-def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(path)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: cannot read image file ({err}); remove or replace it") from None
-
-
-def probe_images(paths: Sequence[Path]) -> tuple[bool, set[tuple[int, int]], dict[tuple[int, int], Path]]:
-    """Read only the headers: (all grayscale?, set of (H, W) sizes, one example file per size)."""
-    gray = True
-    examples: dict[tuple[int, int], Path] = {}
-    for p in paths:
-        with _open_image(p) as im:
-            gray = gray and im.mode in GRAYSCALE_MODES
-            hw = (im.height, im.width)
-            examples.setdefault(hw, p)
-    return gray, set(examples), examples
-
-
-def read_images(paths: Sequence[Path], *, mode: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Images as float32 (N, C, H, W) in [0, 1]; converted to ``mode`` ('L' or 'RGB');
-    resized to ``size`` (H, W) with the same bilinear resize as ``Preprocessing``.
-
-    Pillow decodes each file to a uint8 array (uint16 for 16-bit grayscale into an 'L'
-    model), which ``scale_values`` scales exactly like an npz array of that dtype."""
-    from ddray.data.dataset import resize_images
-
-    channels = 1 if mode == "L" else 3
-    arrays = []
-    for p in paths:
-        with _open_image(p) as im:
-            try:
-                if mode == "L" and im.mode in SIXTEEN_BIT_MODES:
-                    stored = np.asarray(im)  # uint16: convert('L') would clip every value above 255
-                else:
-                    stored = np.asarray(im.convert(mode))
-            except OSError as err:
-                raise DataError(f"{p}: cannot decode image file ({err}); remove or replace it") from None
-        a = scale_values(stored[None, None] if stored.ndim == 2 else np.moveaxis(stored, -1, 0)[None], origin=str(p))[0]
-        if size is not None and a.shape[1:] != tuple(size):
-            a = resize_images(a[None], size)[0]
-        arrays.append(a)
-    if not arrays:
-        return np.zeros((0, channels, *(size or (1, 1))), dtype=np.float32)
-    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+# ---------------------------------------------------------------- image folders
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -344,132 +255,6 @@ def load_npz(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -> Ra
     )
 
 
-# --------------------------------------------------------------------- cifar10
-
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-CIFAR_TEST = "test_batch"
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _safe_globals() -> dict[tuple[str, str], object]:
-    """The only callables a CIFAR pickle needs: numpy array reconstruction (any numpy
-    version, pickle protocol 2..5) and _codecs.encode (Python-3 bytes in protocol 2)."""
-    reconstruct = np.ndarray((0,)).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    frombuffer = np.arange(2).__reduce_ex__(5)[0]
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Refuses every global except numpy arrays: a pickle can run arbitrary code,
-    and dataset paths may come from REST requests."""
-
-    _allowed = _safe_globals()
-
-    def find_class(self, module: str, name: str):  # noqa: D401
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
-def _read_cifar_pickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            entry = _CifarUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError) as err:
-        raise DataError(f"{path}: not a CIFAR-10 python pickle ({err}); re-extract cifar-10-python.tar.gz") from None
-    if not isinstance(entry, dict):
-        raise DataError(f"{path}: not a CIFAR-10 python pickle (holds {type(entry).__name__}, expected dict)")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
-
-
-def _read_cifar_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    entry = _read_cifar_pickle(path)
-    if "data" not in entry or "labels" not in entry:
-        raise DataError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'; keys present: {sorted(map(str, entry))}")
-    data = np.asarray(entry["data"])
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype.kind not in "iu":
-        raise DataError(
-            f"{path}: CIFAR-10 'data' must be uint8 shaped (n, 3072); got {data.dtype} {tuple(data.shape)}"
-        )
-    origin = str(path)
-    if data.dtype != np.uint8:  # CIFAR-10 pixels are 8-bit by definition, however the pickle stored them
-        if data.size and (data.min() < 0 or data.max() > 255):
-            raise DataError(f"{path}: CIFAR-10 'data' must hold 8-bit pixels 0..255; found values outside that range")
-        data = data.astype(np.uint8)
-    x = scale_values(data.reshape(-1, 3, 32, 32), origin=origin, name="data")  # uint8 / 255, like a PNG of it
-    y = check_labels(np.asarray(entry["labels"]), origin=origin, n=len(x), name="labels", x_name="data")
-    check_label_range(y, num_classes, origin=origin, name="labels")
-    return x, y
-
-
-def find_cifar_folder(path: Path) -> Path:
-    for folder in (path / CIFAR_FOLDER, path):
-        if all((folder / name).is_file() for name in CIFAR_TRAIN + [CIFAR_TEST]):
-            return folder
-    raise DataError(
-        f"no CIFAR-10 python batches under {path}: expected {path}/{CIFAR_FOLDER}/data_batch_1..5 and "
-        f"test_batch (download=False: ddray never downloads)"
-    )
-
-
-def load_cifar10(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -> RawData:
-    """The python-pickle CIFAR-10 folder (50000 train / 10000 test, 3x32x32).
-
-    The pickles are read here (same format as torchvision.datasets.CIFAR10)
-    rather than via torchvision, because torchvision checks the md5 of every
-    batch file and rejects anything but the official files, e.g. the small
-    fixtures of the tests; reading them ourselves also lets ``limit`` skip
-    batches and refuses pickled code.
-    """
-    path = require_path(cfg.path)
-    if not path.is_dir():
-        raise DataError(f"{path}: source 'cifar10' needs the folder holding {CIFAR_FOLDER}, not a file")
-    folder = find_cifar_folder(path)
-    class_names = CIFAR_CLASSES
-    meta_path = folder / "batches.meta"
-    if meta_path.is_file():
-        meta = _read_cifar_pickle(meta_path)
-        names = meta.get("label_names")
-        if names:
-            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    num_classes = len(class_names)
-    xs, ys, total = [], [], 0
-    for name in CIFAR_TRAIN:
-        if cfg.limit and total >= cfg.limit:
-            break
-        x, y = _read_cifar_batch(folder / name, num_classes)
-        xs.append(x)
-        ys.append(y)
-        total += len(x)
-    x_test, y_test = _read_cifar_batch(folder / CIFAR_TEST, num_classes)
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if cfg.limit:
-        x, y = x[: cfg.limit], y[: cfg.limit]
-        x_test, y_test = x_test[: cfg.limit], y_test[: cfg.limit]
-    return RawData(
-        x=np.ascontiguousarray(x),
-        y=y,
-        num_classes=num_classes,
-        class_names=class_names,
-        origin=str(folder),
-        x_test=np.ascontiguousarray(x_test),
-        y_test=y_test,
-        values="uint8 / 255",
-    )
-
-
 # ------------------------------------------------------------------- synthetic
 
 
@@ -482,11 +267,11 @@ def load_synthetic(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None)
             cells = list(grid)
         else:
             cells = [2] * len(size)
-        x, y = synthetic.generate_count(size, cells, cfg.samples, cfg.channels, seed)
+        x, y = generate_count(size, cells, cfg.samples, cfg.channels, seed)
         num_classes = math.prod(cells) + 1
         origin = f"synthetic 'count' data {size} with cells {cells}"
     else:
-        x, y = synthetic.generate_blobs(size, cfg.classes, cfg.samples, cfg.channels, seed)
+        x, y = generate_blobs(size, cfg.classes, cfg.samples, cfg.channels, seed)
         num_classes = cfg.classes
         origin = f"synthetic 'blobs' data {size}"
     if cfg.limit:
