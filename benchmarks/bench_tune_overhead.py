@@ -62,7 +62,9 @@ def main() -> None:
     from ddray.decomposition import decompose
     from ddray.orchestration.driver import dataset_arrays
     from ddray.orchestration.local_phase import LocalTask
-    from ddray.orchestration.tune_search import SubdomainSearcher, coerce_overrides, run_search, search_space
+    from ddray.orchestration.tune import run_search
+    from ddray.orchestration.tune.searcher import SubdomainSearcher
+    from ddray.orchestration.tune.space import coerce_overrides, search_space
     from ddray.run_dir import RunDir
     from ddray.training.local import LocalSettings, train_subdomain
 

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from ddray.config import parse_config
-from ddray.orchestration.tune_search import SubdomainSearcher, subdomain_seed
+from ddray.orchestration.tune.searcher import SubdomainSearcher, subdomain_seed
 
 # what legitimately differs between two runs: how long things took, and names of this run's things
 TIMING_OR_IDENTITY = {"timings_s", "trial_id", "experiment_path", "job", "checkpoint", "node_id"}

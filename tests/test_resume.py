@@ -11,7 +11,7 @@ import pytest
 
 from ddray.config import parse_config
 from ddray.orchestration import driver
-from ddray.orchestration.tune_search import SearchInterrupted
+from ddray.orchestration.tune import SearchInterrupted
 
 
 def tune_config():
