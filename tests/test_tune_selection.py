@@ -8,7 +8,6 @@ import sys
 from types import SimpleNamespace
 
 import pandas as pd
-import pytest
 
 from ddray.orchestration.tune.selection import (
     TrialRecord,
@@ -67,12 +66,13 @@ def test_accuracy_tie_goes_to_lower_loss_then_to_first_trial_id():
     assert select_best(records, ACC, "max").trial_id == "t2"  # t2 and t3 tie on both: first id
 
 
-@pytest.mark.xfail(strict=True, reason="select_best ranks a missing tie-breaker as the best value, not the worst "
-                   "(float('-inf') * -other_sign has the wrong sign); left as is by the tune package split")
 def test_a_missing_tie_breaker_loses_the_tie():
     records = [done("x", 0.8, float("nan")), done("y", 0.8, 0.9)]  # x's loss diverged, its accuracy ties
     classify(records, ACC, asha=False)
     assert select_best(records, ACC, "max").trial_id == "y"
+    records = [done("x", float("nan"), 0.2), done("y", 0.1, 0.2)]  # loss ties; x never got an accuracy
+    classify(records, LOSS, asha=False)
+    assert select_best(records, LOSS, "min").trial_id == "y"
 
 
 def test_min_mode_for_val_loss_breaks_ties_by_higher_accuracy():

@@ -2,9 +2,9 @@
 
 :class:`SearchMonitor`, fed by the stateless :class:`MonitorCallback`, forwards per-epoch progress
 and finalises a subdomain as soon as all of its trials have ended: best trial by the validation
-metric at each trial's selected epoch (never test, :mod:`.selection`), its weights to
-``RUN/checkpoints/local``, its probabilities to the caller's ``on_result`` (which marks the
-subdomain finished for ``--resume``), its trials to ``RUN/tune/subNNN_trials.csv`` and its config
+metric at each trial's selected epoch (never test, :mod:`.selection`), its weights and
+probabilities to the caller's ``on_result`` (the driver saves them in the run folder, which marks
+the subdomain finished for ``--resume``), its trials to ``RUN/tune/subNNN_trials.csv`` and its config
 to ``RUN/tune/best_configs.json``. A subdomain without any finished trial is a
 :class:`~ddray.errors.SubdomainFailed` naming it; the other subdomains go on.
 
@@ -16,7 +16,6 @@ the caller's thread) through :func:`monitoring`.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 from ray import tune
 
 from ddray.errors import SubdomainFailed
+from ddray.run_dir import read_model
 from ddray.orchestration.tune.selection import BEST_FILE, TrialRecord, classify, select_best, write_best, write_trials_csv
 from ddray.orchestration.tune.trial import MODEL_FILE, PROBS_FILE, RESULT_FILE
 from ddray.training.local import LocalResult
@@ -122,16 +122,13 @@ class SearchMonitor:
                 f"subdomain {index}: none of its {len(records)} Tune trials finished ({causes}). "
                 f"Finished subdomains are kept; rerun with --resume to continue."
             )
-        task = self.tasks[index]
         with best.checkpoint.as_directory() as d:
             d = Path(d)
-            model_path = Path(task.model_path)
-            model_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(d / MODEL_FILE, model_path)
+            state = read_model(d / MODEL_FILE, what=f"best trial {best.trial_id} of subdomain {index}")["state_dict"]
             with np.load(d / PROBS_FILE) as npz:
                 probabilities = {k: npz[k] for k in npz.files}
             summary = json.loads((d / RESULT_FILE).read_text())
-        result = LocalResult(probabilities=probabilities, **summary)
+        result = LocalResult(probabilities=probabilities, model_state=state, **summary)  # on_result saves it
         entry = {
             "subdomain": index,
             "config": best.config,

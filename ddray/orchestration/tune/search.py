@@ -127,7 +127,7 @@ def _search(
         scheduler = None
         if tune_cfg.scheduler == "asha":
             scheduler = PerSubdomainScheduler(
-                metric=metric, mode=mode, max_t=max_epochs(tune_cfg, tasks[0].settings.epochs), grace_period=tune_cfg.grace_period
+                metric=metric, mode=mode, max_t=max_epochs(tune_cfg, tasks[0].spec.epochs), grace_period=tune_cfg.grace_period
             )
         tuner = tune.Tuner(
             trainable,

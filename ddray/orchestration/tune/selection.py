@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ddray.storage import write_json
+
 BEST_FILE = "best_configs.json"
 TRIAL_COLUMNS = ("epoch", "selected_epoch", "selected_val_accuracy", "selected_val_loss", "val_accuracy",
                  "val_loss", "train_loss", "fingerprint", "resumed_from_epoch", "time_total_s")
@@ -98,8 +100,9 @@ def select_best(records: Sequence[TrialRecord], selection_metric: str, mode: str
     other, other_sign = ("selected_val_loss", -1.0) if selection_metric == "selected_val_accuracy" else ("selected_val_accuracy", 1.0)
 
     def key(r: TrialRecord) -> tuple:
-        tie = float(r.metrics.get(other)) if finite(r.metrics.get(other)) else float("-inf") * -other_sign
-        return (-sign * float(r.metrics[selection_metric]), -other_sign * tie, r.trial_id)
+        value = r.metrics.get(other)
+        tie = -other_sign * float(value) if finite(value) else float("inf")  # a missing tie-breaker loses the tie
+        return (-sign * float(r.metrics[selection_metric]), tie, r.trial_id)
 
     return sorted(candidates, key=key)[0]
 
@@ -124,6 +127,4 @@ def read_best(path: Path) -> dict[int, dict]:
 
 
 def write_best(path: Path, best: Mapping[int, dict], metric: str) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"metric": metric, "best": [best[i] for i in sorted(best)]}, indent=2, default=str))
-    os.replace(tmp, path)
+    write_json(path, {"metric": metric, "best": [best[i] for i in sorted(best)]})

@@ -1,6 +1,6 @@
 """The search space of a run's ``tune:`` section: Tune samplers, trial counts, the metric keys.
 
-Sampled values become :class:`~ddray.training.local.LocalSettings` overrides through
+Sampled values become :class:`~ddray.training.spec.TrainingSpec` overrides through
 :func:`coerce_overrides` (the only place that knows which fields a trial may change).
 """
 
@@ -50,7 +50,7 @@ def max_epochs(tune_cfg: TuneConfig, default: int) -> int:
 
 
 def coerce_overrides(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Sampled values -> LocalSettings fields (batch size and epochs as ints)."""
+    """Sampled values -> :meth:`TrainingSpec.with_overrides` keys (batch size and epochs as ints; the spec validates)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         if key in INT_PARAMS:
@@ -59,8 +59,6 @@ def coerce_overrides(config: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = float(value)
         elif key == "optimizer":
             out[key] = str(value)
-    if "width" in out and not 0 < out["width"] <= 1:
-        raise ValueError(f"sampled width {out['width']} is outside (0, 1]; narrow tune.space.width")
     return out
 
 

@@ -15,11 +15,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -29,8 +28,11 @@ from ray import tune
 
 from ddray.decomposition import Subdomain
 from ddray.orchestration.tune.space import coerce_overrides
-from ddray.training.local import LocalSettings, fingerprint, train_subdomain
+from ddray.run_dir import write_model
+from ddray.storage import write_json
+from ddray.training.local import fingerprint, train_subdomain
 from ddray.training.loop import Callback
+from ddray.training.spec import TrainingSpec
 
 if TYPE_CHECKING:
     from ddray.orchestration.local_phase import LocalTask
@@ -90,7 +92,7 @@ def subdomain_trial(
     *,
     data: Mapping[str, np.ndarray],
     subdomains: Mapping[int, Subdomain],
-    base: LocalSettings,
+    base: TrainingSpec,
     cpus: float,
 ) -> None:
     """One Tune trial: train subdomain ``config['subdomain']`` with the sampled hyperparameters."""
@@ -106,14 +108,14 @@ def subdomain_trial(
         return
     torch.set_num_threads(max(1, int(cpus)))
     sub = subdomains[index]
-    settings = replace(base, **coerce_overrides(config))
+    spec = base.with_overrides(coerce_overrides(config))
     x_train = np.ascontiguousarray(sub.extract(data["x_train"]), dtype=np.float32)
     data_fp = fingerprint(torch.from_numpy(x_train))
     del x_train
     workdir = Path(tempfile.mkdtemp(prefix=f"ddray-sub{index:03d}-"))
     try:
         state = workdir / STATE_FILE
-        reporter = _TuneReporter(index, settings.epochs, data_fp, workdir, ray.get_runtime_context().get_node_id())
+        reporter = _TuneReporter(index, spec.epochs, data_fp, workdir, ray.get_runtime_context().get_node_id())
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
@@ -123,10 +125,10 @@ def subdomain_trial(
             for m in torch.load(state, map_location="cpu", weights_only=True)["history"]:
                 reporter.track(m)
                 reporter.resumed_from_epoch = int(m["epoch"])
-        result = train_subdomain(sub, data, settings, checkpoint_path=state, model_path=workdir / MODEL_FILE, callbacks=[reporter])
+        result = train_subdomain(sub, data, spec, checkpoint_path=state, callbacks=[reporter])
+        write_model(workdir / MODEL_FILE, result.model_state, spec=result.spec, subdomain=result.subdomain_spec)
         np.savez(workdir / PROBS_FILE, **result.probabilities)
-        summary = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("probabilities", "model_state")}
-        (workdir / RESULT_FILE).write_text(json.dumps(summary, default=float))
+        write_json(workdir / RESULT_FILE, {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("probabilities", "model_state")})
         final = reporter.metrics(result.history[-1])
         final.update(final=1, train_seconds=float(result.train_seconds), report_seconds=reporter.report_seconds,
                      selected_val_accuracy=float(result.val_accuracy), selected_epoch=result.best_epoch,
@@ -144,7 +146,7 @@ def make_trainable(tasks: Sequence[LocalTask], data_ref: Any, cpus: float, gpus:
         subdomain_trial,
         data=data_ref,
         subdomains={t.sub.index: t.sub for t in tasks},
-        base=tasks[0].settings,
+        base=tasks[0].spec,
         cpus=cpus,
     )
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
