@@ -39,7 +39,6 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 
@@ -60,13 +59,13 @@ def main() -> None:
     from ddray.config import parse_config
     from ddray.data import load_dataset
     from ddray.decomposition import decompose
-    from ddray.orchestration.driver import dataset_arrays
     from ddray.orchestration.local_phase import LocalTask
     from ddray.orchestration.tune import run_search
     from ddray.orchestration.tune.searcher import SubdomainSearcher
     from ddray.orchestration.tune.space import coerce_overrides, search_space
     from ddray.run_dir import RunDir
-    from ddray.training.local import LocalSettings, train_subdomain
+    from ddray.training.local import train_subdomain
+    from ddray.training.spec import training_spec
 
     config = parse_config(
         {
@@ -84,8 +83,8 @@ def main() -> None:
     )
     dataset = load_dataset(config.dataset, seed=config.seed, grid=config.decomposition.grid, overlap=0)
     subs = decompose(dataset.spatial_shape, config.decomposition.grid, 0)
-    arrays = dataset_arrays(dataset)
-    base = LocalSettings.from_config(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    arrays = dataset.arrays()
+    base = training_spec(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     trials = len(subs) * args.samples_per_subdomain
 
     # 1. serial: the same configurations the search will draw, back to back in this process
@@ -97,7 +96,7 @@ def main() -> None:
     suggestions = [searcher.suggest(f"t{i}") for i in range(trials)]
     t0 = time.perf_counter()
     for cfg in suggestions:
-        train_subdomain(subs[cfg["subdomain"]], arrays, replace(base, **coerce_overrides(cfg)))
+        train_subdomain(subs[cfg["subdomain"]], arrays, base.with_overrides(coerce_overrides(cfg)))
     serial = time.perf_counter() - t0
 
     # 2. the Tune search (ray.init not counted; everything after it is)
@@ -105,7 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = RunDir(Path(tmp) / "run")
         run_dir.create()
-        tasks = [LocalTask(s, base, run_dir.state_file(s.index), str(run_dir.local_model(s.index))) for s in subs]
+        tasks = [LocalTask(s, base, run_dir.state_file(s.index)) for s in subs]
         t0, cpu0 = time.perf_counter(), time.process_time()
         data_ref = ray.put(arrays)
         summary = run_search(config, run_dir, tasks, data_ref, slots=args.cores, on_event=lambda e: None, on_result=lambda r, w: None)
