@@ -14,7 +14,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ddray.config import ConfigError, RunConfig, load_config, parse_config
+from ddray.config import (
+    AggregationConfig,
+    BaselinesConfig,
+    ConfigError,
+    DatasetConfig,
+    DecompositionConfig,
+    DNNConfig,
+    LocalModelConfig,
+    ResourcesConfig,
+    RunConfig,
+    SearchSpaceEntry,
+    TrainingConfig,
+    TuneConfig,
+    load_config,
+    parse_config,
+)
 
 __version__ = "0.1.0"
 
@@ -40,4 +55,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["ConfigError", "RunConfig", "TrainedRun", "load_config", "parse_config", "run"]
+# The public API; every other module is internal and may move (docs/architecture.md).
+__all__ = [
+    "AggregationConfig",
+    "BaselinesConfig",
+    "ConfigError",
+    "DNNConfig",
+    "DatasetConfig",
+    "DecompositionConfig",
+    "LocalModelConfig",
+    "ResourcesConfig",
+    "RunConfig",
+    "SearchSpaceEntry",
+    "TrainedRun",
+    "TrainingConfig",
+    "TuneConfig",
+    "load_config",
+    "parse_config",
+    "run",
+]

@@ -211,6 +211,30 @@ class TuneConfig(_Section):
             raise ValueError(f"cannot tune {unknown}; tunable: {', '.join(TUNABLE)}")
         return space
 
+    @field_validator("space")
+    @classmethod
+    def _values_in_range(cls, space: dict[str, SearchSpaceEntry]) -> dict[str, SearchSpaceEntry]:
+        """Every value a sampler can draw must be one a training accepts: checked here, not in a trial."""
+        ranges = {
+            "width": (lambda v: 0 < v <= 1, "outside (0, 1]"),
+            "lr": (lambda v: v > 0, "not > 0"),
+            "weight_decay": (lambda v: v >= 0, "negative"),
+            "batch_size": (lambda v: v >= 1, "below 1"),
+            "epochs": (lambda v: v >= 1, "below 1"),
+        }
+        for name, entry in space.items():
+            values = entry.choice or entry.grid or entry.uniform or entry.loguniform or []
+            if name == "optimizer":
+                bad = [v for v in values if v not in ("adam", "adamw", "sgd")]
+                if bad:
+                    raise ValueError(f"tune.space.optimizer: {bad} unknown; choose from adam, adamw, sgd")
+                continue
+            ok, why = ranges[name]
+            for v in values:
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not ok(v):
+                    raise ValueError(f"tune.space.{name}: {v!r} is {why if isinstance(v, (int, float)) else 'not a number'}")
+        return space
+
     @model_validator(mode="after")
     def _optuna_no_grid(self) -> "TuneConfig":
         if self.search_alg == "optuna" and any(e.grid is not None for e in self.space.values()):

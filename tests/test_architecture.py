@@ -130,3 +130,19 @@ def test_no_test_doubles_in_the_product():
         tree = ast.parse(path.read_text())
         classes = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
         assert not [c for c in classes if c.startswith(("Fake", "Mock", "Stub"))], module
+
+
+def test_public_api_is_importable_without_ray_or_torch():
+    """``import ddray`` is what notebooks and the service do first: the public names, nothing heavy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ddray\n"
+        "missing = [n for n in ddray.__all__ if n != 'TrainedRun' and not hasattr(ddray, n)]\n"
+        "heavy = sorted(m for m in ('ray', 'torch') if m in sys.modules)\n"
+        "trained_run = ddray.TrainedRun.__module__  # loaded on first use (it needs torch)\n"
+        "print(missing, heavy, trained_run)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[] [] ddray.predict"

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from ddray.config import parse_config
+from ddray.config import ConfigError, parse_config
 from ddray.data import load_dataset
 from ddray.decomposition import decompose
 from ddray.errors import SubdomainFailed
@@ -22,6 +22,7 @@ from ddray.orchestration.tune.scheduler import PerSubdomainScheduler
 from ddray.orchestration.tune.searcher import SubdomainSearcher
 from ddray.orchestration.tune.space import coerce_overrides, search_space, trials_per_subdomain
 from ddray.training.local import fingerprint
+from ddray.training.spec import SpecError, training_spec
 
 ISSUE_TUNE = {
     "num_samples": 2,
@@ -69,8 +70,12 @@ def test_space_uses_tune_samplers_and_grid_multiplies_samples():
     assert space["width"] == {"grid_search": [0.25, 0.5]}
     assert trials_per_subdomain(cfg.tune) == 6
     assert coerce_overrides({"batch_size": 63.7, "epochs": 2.2, "lr": "0.01", "subdomain": 1}) == {"batch_size": 64, "epochs": 2, "lr": 0.01}
-    with pytest.raises(ValueError, match="width"):
-        coerce_overrides({"width": 1.5})
+    # a width outside (0, 1] is refused with the config, before any trial starts ...
+    with pytest.raises(ConfigError, match=r"tune.space.width: .*1.5.* outside \(0, 1\]"):
+        parse_config({"tune": {"space": {"width": {"uniform": [0.5, 1.5]}}}})
+    # ... and a trial that samples one anyway (a custom space) fails naming the setting
+    with pytest.raises(SpecError, match="narrow tune.space.width"):
+        training_spec(cfg, num_classes=2, in_channels=1).with_overrides(coerce_overrides({"width": 1.5}))
 
 
 def test_searcher_goes_subdomain_by_subdomain_and_keeps_subdomains_apart(tmp_path):
