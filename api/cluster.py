@@ -80,6 +80,33 @@ def stop_process_group(pid: int, marker: str, grace_s: float = 10.0) -> bool:
     return True
 
 
+# -- the private Ray APIs the service needs (ray is pinned to 2.60) --------------------
+def _reload_ray_config() -> None:
+    """Make Ray's client code in this process see the ``RAY_AUTH_*`` variables set after ``import ray``.
+
+    Ray reads its config (token auth mode included) once per process and caches
+    it; the service sets the variables only when it starts or joins a cluster.
+    Ray 2.60 has no public call to re-read it: ``ray.init`` would make this
+    process a driver, and Ray's own ``_enable_token_auth`` does exactly this.
+    """
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
+def _gcs_state(address: str):
+    """Ray's GCS state client (cluster/available resources, nodes) without joining as a driver.
+
+    Private: Ray 2.60's public resource calls (``ray.cluster_resources`` /
+    ``ray.available_resources``) need ``ray.init``, and ``ray.util.state.list_nodes``
+    (a developer API through the dashboard) has no available resources.
+    ``address`` may be ``auto`` or host:port; this call resolves it.
+    """
+    from ray._private.internal_api import get_state_from_address
+
+    return get_state_from_address(address)
+
+
 def _ray_executable() -> str:
     beside = Path(sys.executable).with_name("ray")
     return str(beside) if beside.exists() else "ray"
@@ -90,7 +117,7 @@ class RayCluster:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        self.address: str | None = None  # GCS address host:port, when known
+        self.address: str | None = None  # GCS address: host:port, or `auto` as given to --ray-address; None if joined by dashboard URL
         self.dashboard_url: str | None = None
         self.status = "stopped"
         self.error: str | None = None
@@ -149,9 +176,7 @@ class RayCluster:
         if self.local:
             os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)})
             os.environ.pop("RAY_AUTH_TOKEN", None)
-        from ray._raylet import Config
-
-        Config.initialize("")
+        _reload_ray_config()
 
     def _join(self, address: str) -> None:
         if address.startswith("ray://"):
@@ -161,10 +186,8 @@ class RayCluster:
             )
         if "://" in address:
             self.dashboard_url = address.rstrip("/")
-        else:
-            from ray._private.services import canonicalize_bootstrap_address_or_die
-
-            self.address = canonicalize_bootstrap_address_or_die(address)
+        else:  # `auto` or host:port: JobSubmissionClient and the GCS state client resolve it themselves
+            self.address = address
         self.jobs()
         log.info("joined the Ray cluster at %s (Jobs API %s)", self.address or "?", self.dashboard_url or "via GCS")
 
@@ -308,9 +331,7 @@ class RayCluster:
             return self._cache[1]
         with self._lock:
             if self._state is None:
-                from ray._private.internal_api import get_state_from_address  # GCS state client, no driver
-
-                self._state = get_state_from_address(self.address)
+                self._state = _gcs_state(self.address)
             state = self._state
             total = state.cluster_resources()
             available = state.available_resources()

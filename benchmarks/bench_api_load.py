@@ -32,9 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the repo (api, ddray) and the test helpers
 
-from api.testing import Service, tiny_job  # noqa: E402
+from service_doubles import Service, tiny_job  # noqa: E402
 
 FINAL = ("succeeded", "failed", "cancelled")
 

@@ -1,4 +1,8 @@
-"""The ``ddray`` command line: run, demo, predict (and the REST client commands)."""
+"""The ``ddray`` command line: run, demo, predict, validate; ``serve`` (the REST job service) and its client commands.
+
+``serve`` is the one command that reaches the service package ``api``, and only
+inside its handler; the client commands (:mod:`ddray.client.commands`) talk HTTP.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+
+from ddray.client.commands import register as register_client_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -44,13 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config file without running it")
     p.add_argument("config")
 
-    try:
-        from api.cli_commands import register
-    except ImportError:  # the REST service is optional for the core CLI
-        pass
-    else:
-        register(sub)
+    _add_serve_parser(sub)
+    register_client_commands(sub)
     return parser
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the REST job service")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="bearer token (prefer the DDRAY_API_TOKEN environment variable)")
+    p.add_argument("--dev", action="store_true", default=None, help="development: make a random token if none is set")
+    p.add_argument("--data-roots", help="colon-separated folders or URI prefixes configs may read data from (DDRAY_DATA_ROOTS)")
+    p.add_argument("--storage", help="default storage of jobs, a shared folder or URI such as s3://bucket/ddray-runs (DDRAY_STORAGE)")
+    p.add_argument("--storage-roots", help="colon-separated further prefixes a job's own storage: may use (DDRAY_STORAGE_ROOTS)")
+    p.add_argument("--state-dir", help="job folders and the default SQLite database (DDRAY_STATE_DIR)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (DDRAY_DATABASE_URL; default sqlite in the state dir)")
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to run jobs on as Ray jobs: auto, host:port (GCS) or http://host:8265 (DDRAY_RAY_ADDRESS; "
+        "default: a local head started by the service)",
+    )
+    p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local head (default: all)")
+    p.add_argument("--ray-object-store-mb", type=int, help="object store of the local head in MiB")
+    p.add_argument("--max-concurrent-jobs", type=int, help="jobs running at once (default 1; 0 = only queue)")
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--max-upload-bytes", type=int)
+    p.add_argument("--access-log", action="store_true", help="log every request")
 
 
 def fresh_output(base: Path) -> Path:
@@ -119,11 +145,17 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    from api.server import serve_cli  # the service, imported only when it is started
+
+    return serve_cli(args, console)
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-HANDLERS = {"run": _run, "demo": _demo, "predict": _predict, "validate": _validate}
+HANDLERS = {"run": _run, "demo": _demo, "predict": _predict, "validate": _validate, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,17 +9,17 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.client import ClientError, ServiceClient
+from api.cluster import free_port
 from api.deps import get_runner
 from api.main import create_app
 from api.runner import JobRunner, failure_reason
 from api.settings import ServiceSettings
 from api.store import JobStore
-from api.testing import FakeRunner, free_port, tiny_job
+from ddray.client.http import ClientError, ServiceClient
+from service_doubles import FakeRunner, tiny_job
 
 TOKEN = "route-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -491,7 +491,9 @@ def test_client_reports_refused_connections_and_bad_tokens(service):
     assert c.get(job["id"])["name"] == "via client"
     with pytest.raises(ClientError, match="not found"):
         c.get("0123456789ab")
-    assert isinstance(client, httpx.Client)
+    assert c.cancel(job["id"])["status"] == "cancelled"  # what `ddray cancel` and `ddray status --status` rely on
+    listing = c.list(status="cancelled")
+    assert [j["id"] for j in listing["items"]] == [job["id"]] and listing["total"] == 1
 
 
 def test_results_and_artifacts_of_a_finished_job(service, tmp_path):

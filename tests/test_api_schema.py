@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from api.testing import Service
+from service_doubles import Service
 
 EXAMPLES = int(os.environ.get("DDRAY_FUZZ_EXAMPLES", "40"))
 MAX_TIME_S = int(os.environ.get("DDRAY_FUZZ_SECONDS", "90"))
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(MAX_TIME_S + 120)]  # "ray": slow marker of this repo (no Ray is started here)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(MAX_TIME_S + 120)]  # a real service in a subprocess; no Ray is started
 
 
 @pytest.fixture(scope="module")

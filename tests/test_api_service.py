@@ -19,9 +19,9 @@ import pytest
 from api.cluster import process_cmdline
 from api.runner import STOPPED
 from api.store import JobStore
-from api.testing import Service, cleanup_state, tiny_job
+from service_doubles import Service, cleanup_state, tiny_job
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.timeout(240)]  # a real service with its own Ray head; jobs run on Ray
 
 FINAL = ("succeeded", "failed", "cancelled")
 

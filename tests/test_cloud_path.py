@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from api.testing import Service
 from raycluster import LocalRayCluster
+from service_doubles import Service
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.timeout(600)]
 

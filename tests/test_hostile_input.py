@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from api.deps import get_runner
 from api.main import create_app
 from api.settings import ServiceSettings
-from api.testing import FakeRunner, tiny_job
 from ddray.config import ConfigError, parse_config
+from service_doubles import FakeRunner, tiny_job
 
 TOKEN = "hostile-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

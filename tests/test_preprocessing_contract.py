@@ -244,7 +244,7 @@ def test_uint8_npz_png_and_rest_give_identical_predictions(uint8_run, tmp_path):
     from api.deps import get_runner
     from api.main import create_app
     from api.settings import ServiceSettings
-    from api.testing import FakeRunner
+    from service_doubles import FakeRunner
 
     token = "contract-test-token-0123456789"
     auth = {"Authorization": f"Bearer {token}"}

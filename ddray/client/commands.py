@@ -1,7 +1,8 @@
-"""``ddray serve`` and the client commands ``submit``, ``status``, ``cancel``, ``results``, ``logs``, ``download``.
+"""The client commands of the job service: ``submit``, ``status``, ``cancel``, ``results``, ``logs``, ``download``.
 
-The client commands read the service URL and token from ``--url``/``--token``
-or ``DDRAY_URL``/``DDRAY_API_TOKEN``.
+They talk HTTP to a running ``ddray serve`` (through :mod:`ddray.client.http`) and
+never import the service itself. They read the service URL and token from
+``--url``/``--token`` or ``DDRAY_URL``/``DDRAY_API_TOKEN``.
 """
 
 from __future__ import annotations
@@ -22,29 +23,6 @@ EXIT_BAD_INPUT = 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="start the REST job service")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", help="bearer token (prefer the DDRAY_API_TOKEN environment variable)")
-    p.add_argument("--dev", action="store_true", default=None, help="development: make a random token if none is set")
-    p.add_argument("--data-roots", help="colon-separated folders or URI prefixes configs may read data from (DDRAY_DATA_ROOTS)")
-    p.add_argument("--storage", help="default storage of jobs, a shared folder or URI such as s3://bucket/ddray-runs (DDRAY_STORAGE)")
-    p.add_argument("--storage-roots", help="colon-separated further prefixes a job's own storage: may use (DDRAY_STORAGE_ROOTS)")
-    p.add_argument("--state-dir", help="job folders and the default SQLite database (DDRAY_STATE_DIR)")
-    p.add_argument("--database-url", help="SQLAlchemy URL (DDRAY_DATABASE_URL; default sqlite in the state dir)")
-    p.add_argument(
-        "--ray-address",
-        help="Ray cluster to run jobs on as Ray jobs: auto, host:port (GCS) or http://host:8265 (DDRAY_RAY_ADDRESS; "
-        "default: a local head started by the service)",
-    )
-    p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local head (default: all)")
-    p.add_argument("--ray-object-store-mb", type=int, help="object store of the local head in MiB")
-    p.add_argument("--max-concurrent-jobs", type=int, help="jobs running at once (default 1; 0 = only queue)")
-    p.add_argument("--max-body-bytes", type=int)
-    p.add_argument("--max-upload-bytes", type=int)
-    p.add_argument("--access-log", action="store_true", help="log every request")
-    p.set_defaults(handler=_serve)
-
     def client_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--url", help="service URL (DDRAY_URL, default http://127.0.0.1:8000)")
         q.add_argument("--token", help="bearer token (DDRAY_API_TOKEN)")
@@ -88,53 +66,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_download)
 
 
-# -- serve ---------------------------------------------------------------------
-def _serve(args: argparse.Namespace, console: Console) -> int:
-    from pydantic import ValidationError
-
-    from api.server import serve
-    from api.settings import ServiceSettings
-
-    flags = {
-        "api_token": args.token,
-        "dev": args.dev,
-        "data_roots": args.data_roots,
-        "storage": args.storage,
-        "storage_roots": args.storage_roots,
-        "state_dir": args.state_dir,
-        "database_url": args.database_url,
-        "ray_address": args.ray_address,
-        "ray_num_cpus": args.ray_num_cpus,
-        "ray_object_store_mb": args.ray_object_store_mb,
-        "max_concurrent_jobs": args.max_concurrent_jobs,
-        "max_body_bytes": args.max_body_bytes,
-        "max_upload_bytes": args.max_upload_bytes,
-    }
-    try:
-        settings = ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as err:
-        for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "settings"
-            console.print(f"[red]error[/]: {field}: {e['msg'].removeprefix('Value error, ')}", highlight=False)
-        return EXIT_BAD_INPUT
-    if settings.dev and not args.token:
-        console.print(f"[yellow]development token[/]: {settings.token}", highlight=False)
-    if not settings.data_roots:
-        console.print("[yellow]note[/]: no data roots (DDRAY_DATA_ROOTS): only configs without data paths are accepted")
-    serve(args.host, args.port, settings, access_log=args.access_log)
-    return 0
-
-
 # -- client commands -----------------------------------------------------------
 def _client(args: argparse.Namespace):
-    from api.client import ServiceClient
+    from ddray.client.http import ServiceClient
 
     return ServiceClient(args.url, args.token)
 
 
 def _guard(fn):
     def wrapper(args: argparse.Namespace, console: Console) -> int:
-        from api.client import ClientError
+        from ddray.client.http import ClientError
 
         try:
             return fn(args, console)

@@ -1,4 +1,13 @@
-"""Helpers for tests and benchmarks: a real service in a subprocess, a fake runner for route tests."""
+"""Service doubles for the REST tests and benchmarks (not part of the product).
+
+* ``FakeRunner``: a stand-in for ``api.runner.JobRunner`` in route tests (no Ray, no process);
+* ``Service``: a real ``ddray serve`` in a subprocess on 127.0.0.1, with its own state dir;
+* ``tiny_job``: the small fast job config the tests submit;
+* ``cleanup_state``: stops the Ray head a killed service left behind.
+
+Tests import it as ``service_doubles`` (pytest puts ``tests/`` on ``sys.path``, as for
+``raycluster``); benchmarks put ``tests/`` on ``sys.path`` themselves.
+"""
 
 from __future__ import annotations
 
