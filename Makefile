@@ -22,9 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## Only the Ray-free unit tests (seconds)
+## Only the unit tests: no Ray, no services or clusters (about a minute)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not ray"
+	$(BIN)/python -m pytest -q -m "not ray and not cluster"
 
 ## Schemathesis over the REST API with 1000 examples per operation (no 5xx allowed)
 fuzz: $(STAMP)

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from ddray.storage import atomic_write
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -80,8 +82,8 @@ class ServiceClient:
 
     def download_artifact(self, job_id: str, name: str, target: str | os.PathLike) -> None:
         """Streamed to ``target`` through a temporary file, so a broken transfer leaves no half file."""
-        tmp = f"{target}.part"
-        try:
+
+        def stream(tmp) -> None:
             with self.http.stream("GET", f"/jobs/{job_id}/artifacts/{name}") as response:
                 if response.status_code >= 400:
                     response.read()
@@ -89,12 +91,11 @@ class ServiceClient:
                 with open(tmp, "wb") as fh:
                     for chunk in response.iter_bytes():
                         fh.write(chunk)
-            os.replace(tmp, target)
+
+        try:
+            atomic_write(target, stream)
         except httpx.HTTPError as err:
             raise ClientError(f"cannot download {name} of job {job_id}: {err}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     def predict(self, job_id: str, paths: list[str]) -> dict[str, Any]:
         handles = [open(p, "rb") for p in paths]
