@@ -73,6 +73,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss, acc
 
 
+def checkpoint_history(path: str | Path) -> list[dict[str, float]]:
+    """The per-epoch metrics saved in a ``fit`` checkpoint (what a resumed Tune trial reports as done)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["history"]
+
+
 def fit(
     model: nn.Module,
     x_train: torch.Tensor,

@@ -57,7 +57,7 @@ def run_search(
     tune_cfg = config.tune
     if tune_cfg is None:
         raise ValueError("run_search needs a tune: section in the config")
-    out_dir = run_dir.root / "tune"
+    out_dir = run_dir.tune
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment_path = f"{run_dir.location('tune')}/{EXPERIMENT}"
     metric, _, mode = metric_keys(tune_cfg)
@@ -100,7 +100,7 @@ def _search(
 ) -> tuple[bool, int, SearchMonitor]:
     """Build or restore the experiment, run it, finalise every subdomain; (restored, concurrency, monitor)."""
     tune_cfg, res = config.tune, config.resources
-    out_dir = run_dir.root / "tune"
+    out_dir = run_dir.tune
     storage = run_dir.location("tune")
     experiment_path = f"{storage}/{EXPERIMENT}"
     metric, selection_metric, mode = metric_keys(tune_cfg)

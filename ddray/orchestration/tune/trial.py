@@ -31,7 +31,7 @@ from ddray.orchestration.tune.space import coerce_overrides
 from ddray.run_dir import write_model
 from ddray.storage import write_json
 from ddray.training.local import fingerprint, train_subdomain
-from ddray.training.loop import Callback
+from ddray.training.loop import Callback, checkpoint_history
 from ddray.training.spec import TrainingSpec
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def subdomain_trial(
                 if (Path(d) / STATE_FILE).exists():
                     shutil.copyfile(Path(d) / STATE_FILE, state)
         if state.exists():
-            for m in torch.load(state, map_location="cpu", weights_only=True)["history"]:
+            for m in checkpoint_history(state):
                 reporter.track(m)
                 reporter.resumed_from_epoch = int(m["epoch"])
         result = train_subdomain(sub, data, spec, checkpoint_path=state, callbacks=[reporter])
