@@ -7,7 +7,9 @@ take probabilities shaped (samples, subdomains, classes).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -79,3 +81,37 @@ def train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec:
         test_accuracy=accuracy(test_probs.argmax(1), labels["test"]),
         parameters=count_parameters(model),
     )
+
+
+def aggregate(
+    methods: Sequence[str], probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], dnn: DNNSpec | None = None
+) -> tuple[dict[str, Any], torch.nn.Module | None]:
+    """Every aggregation method of a run on its stacked local probabilities: (results['aggregation'], the DNN).
+
+    In the driver's own process: the DNN is small (subdomains x classes inputs), so fitting it
+    here costs its fit and nothing else, where a Ray task would first start a process and import torch.
+    """
+    out: dict[str, Any] = {}
+    model = None
+    for method in methods:
+        if method == "average":
+            out["average"] = {"test_accuracy": accuracy(average_predict(probs["test"]), labels["test"]), "parameters": 0}
+        elif method == "vote":
+            out["vote"] = {"test_accuracy": accuracy(vote_predict(probs["test"]), labels["test"]), "parameters": 0}
+        elif method == "dnn":
+            if dnn is None:
+                raise ValueError("the dnn method needs a DNNSpec")
+            started = time.perf_counter()
+            outcome = train_dnn(probs, labels, dnn)
+            model = outcome.model
+            out["dnn"] = {
+                "test_accuracy": outcome.test_accuracy,
+                "validation_accuracy": outcome.fit.best_val_accuracy,
+                "best_epoch": outcome.fit.best_epoch,
+                "parameters": outcome.parameters,
+                "train_wall_s": round(time.perf_counter() - started, 3),
+                "fit_seconds": round(outcome.fit.seconds, 3),
+            }
+        else:
+            raise ValueError(f"unknown aggregation method '{method}'; known: dnn, average, vote")
+    return out, model

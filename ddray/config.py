@@ -94,6 +94,10 @@ class TrainingConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    checkpoint_every: int = Field(
+        1, ge=1, description="epochs between resumable checkpoints of a local CNN (a restarted worker redoes at most "
+        "checkpoint_every - 1 epochs); raise it when checkpoints go to a bucket and epochs are short"
+    )
 
 
 class DNNConfig(_Section):

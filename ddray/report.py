@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,21 @@ RESULTS_FILE = "results.json"
 PLOT_FILE = "accuracy.png"
 TABLE_MD = "results.md"
 TABLE_CSV = "results.csv"
+
+
+def write_reports(results: dict[str, Any], out_dir: Path) -> None:
+    """The tables (results.md, results.csv) and the plot of a run whose results.json is written."""
+    write_tables(results, out_dir)
+    plot_accuracy(results, out_dir / PLOT_FILE)
+
+
+def write_in_background(results: dict[str, Any], out_dir: Path) -> Future:
+    """:func:`write_reports` in a thread (pandas and matplotlib take a second or two to import and draw);
+    the caller goes on (shutting Ray down) and waits on the returned future before it is done."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddray-report")
+    future = executor.submit(write_reports, results, out_dir)
+    executor.shutdown(wait=False)
+    return future
 
 
 def library_versions() -> dict[str, str]:

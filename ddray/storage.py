@@ -218,13 +218,25 @@ def download_tree(prefix: str, local_dir) -> int:
 
 
 class _UploadAfterEpoch:
-    """Training callback (see ddray.training.loop.Callback): copy the local checkpoint up after every epoch."""
+    """Training callback (see ddray.training.loop.Callback): copy the local checkpoint up after each
+    epoch that wrote one (``training.checkpoint_every`` sets how often that is)."""
 
     def __init__(self, local: Path, uri: str):
         self.local, self.uri = local, uri
+        self.uploaded: tuple[int, int] | None = self._version()
+
+    def _version(self) -> tuple[int, int] | None:
+        try:
+            st = self.local.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
     def on_epoch_end(self, epoch, metrics, model) -> None:
-        copy_file(str(self.local), self.uri)
+        version = self._version()
+        if version is not None and version != self.uploaded:
+            copy_file(str(self.local), self.uri)
+            self.uploaded = version
 
 
 class _NoSync:

@@ -263,7 +263,7 @@ def test_cli_bad_data_file_names_the_file_before_any_worker(tmp_path):
     proc = _cli("run", "cfg.yaml", "--output", "out", cwd=tmp_path)
     assert proc.returncode == 2
     assert "data.npz" in proc.stderr and "NaN" in proc.stderr
-    assert not (tmp_path / "out").exists()  # refused before a run folder (or Ray) was made
+    assert not (tmp_path / "out").exists()  # refused before a run folder was made (Ray starts meanwhile, and stops)
 
 
 @pytest.mark.ray

@@ -171,3 +171,19 @@ def test_driver_loads_an_imagefolder_and_an_npz_from_a_bucket(s3, tmp_path):
     assert list(images.spatial_shape) == [16, 16]
     assert sum(arrays.summary()[k] for k in ("train", "val", "test")) == 40
     assert f"s3://{BUCKET}/data/broken.npz" in str(err.value) and "ddray-data-" not in str(err.value)
+
+
+def test_checkpoint_is_uploaded_only_after_epochs_that_wrote_one(tmp_path):
+    """With training.checkpoint_every > 1 most epochs write nothing: nothing is copied up for them."""
+    remote = f"file://{tmp_path}/bucket/run/state/sub000.ckpt"
+    with storage.checkpoint_location(remote) as (local, sync):
+        Path(local).write_bytes(b"epoch 1")
+        sync.on_epoch_end(1, {}, None)
+        assert storage.read_bytes(remote) == b"epoch 1"
+        os.remove(tmp_path / "bucket" / "run" / "state" / "sub000.ckpt")
+        sync.on_epoch_end(2, {}, None)  # the local file did not change: no upload
+        assert not storage.exists(remote)
+        time.sleep(0.01)
+        Path(local).write_bytes(b"epoch 3")
+        sync.on_epoch_end(3, {}, None)
+        assert storage.read_bytes(remote) == b"epoch 3"

@@ -142,3 +142,45 @@ def test_train_subdomain_sees_only_its_pixels(tmp_path):
     x_sub = np.ascontiguousarray(sub.extract(x))
     assert np.allclose(predict_proba(model, x_sub), result.probabilities["test"], atol=1e-6)
     assert torch.load(run_dir.local_model(sub.index), weights_only=True)["subdomain"]["bounds"] == sub.bounds
+
+
+def test_checkpoint_cadence_saves_every_k_epochs_and_the_last(tmp_path):
+    """training.checkpoint_every: fewer writes (and uploads), and a resume redoes at most k-1 epochs."""
+    from ddray.training.loop import Callback, checkpoint_history
+
+    ckpt = tmp_path / "state.ckpt"
+    seen = []
+
+    class Saved(Callback):
+        def on_epoch_end(self, epoch, metrics, model):
+            seen.append(len(checkpoint_history(ckpt)) if ckpt.exists() else None)
+
+    xt, yt, xv, yv = _toy()
+    fit(_net(), xt, yt, xv, yv, epochs=5, batch_size=16, optimizer=OptimizerSpec("adam", 0.01), seed=0,
+        checkpoint_path=ckpt, checkpoint_every=3, callbacks=[Saved()])
+    assert seen == [None, None, 3, 3, 5]
+    resumed = fit(_net(), xt, yt, xv, yv, epochs=6, batch_size=16, optimizer=OptimizerSpec("adam", 0.01), seed=0,
+                  checkpoint_path=ckpt, checkpoint_every=3)
+    assert resumed.resumed_from_epoch == 5 and len(resumed.history) == 6
+
+
+def test_a_worker_given_only_its_subdomains_pixels_trains_exactly_as_on_the_whole_data():
+    """The driver sends each worker its own cut (subdomain_arrays): same tensors, same model, less memory."""
+    from ddray.training.local import subdomain_arrays, subdomain_tensors
+
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in (("train", 48), ("val", 16), ("test", 16)):
+        arrays[f"x_{split}"] = rng.normal(size=(n, 2, 12, 10)).astype(np.float32)
+        arrays[f"y_{split}"] = rng.integers(0, 2, n)
+    for sub in decompose((12, 10), (2, 3), 2):
+        cut = subdomain_arrays(arrays, sub)
+        assert cut["x_train"].shape[2:] == sub.shape and cut["x_train"].flags.c_contiguous
+        assert cut["x_train"].nbytes < arrays["x_train"].nbytes / 2
+        whole, own = subdomain_tensors(arrays, sub), subdomain_tensors(cut, sub)
+        assert all(torch.equal(whole[k], own[k]) for k in whole)
+    spec = TrainingSpec(ModelSpec("small_cnn", 0.25, in_channels=2, num_classes=2), OptimizerSpec("adam", 0.01), epochs=1, batch_size=16)
+    sub = decompose((12, 10), (2, 3), 2)[4]
+    a, b = train_subdomain(sub, arrays, spec), train_subdomain(sub, subdomain_arrays(arrays, sub), spec)
+    assert a.data_fingerprint == b.data_fingerprint
+    assert np.array_equal(a.probabilities["test"], b.probabilities["test"])

@@ -26,13 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ray
 
@@ -339,28 +336,6 @@ def _alive_workers_per_type(workers: list[dict], config: Mapping[str, Any]) -> d
         if name is not None:
             counts[name] = counts.get(name, 0) + 1
     return counts
-
-
-@contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[None]:
-    """Join ``address`` or start an embedded local Ray; reuse (and keep) one that is already up."""
-    if ray.is_initialized():
-        yield
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # address="local": always a new embedded Ray, never a stray cluster left on this machine
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
-    if callable(previous_sigterm) and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, previous_sigterm)  # ray.init replaces it with a bare sys.exit
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _autoscaler_node_types() -> dict[str, str]:

@@ -19,18 +19,21 @@ import ray
 from rich.console import Console
 
 from ddray import report
-from ddray.aggregation import accuracy, average_predict, stack_probabilities, vote_predict
+from ddray.aggregation import aggregate, stack_probabilities
 from ddray.config import RunConfig
 from ddray.data import DataError, Dataset, load_dataset
+from ddray.data.size import check_dataset_size
+from ddray.data.validation import require_path
 from ddray.decomposition import Subdomain, decompose
 from ddray.errors import JobFailed
-from ddray.orchestration.cluster import check_feasible, ray_session
-from ddray.orchestration.coarse import run_coarse_step
-from ddray.orchestration.local_phase import LocalTask, run_local_phase
+from ddray.limits import Limits
+from ddray.orchestration.cluster import check_feasible
+from ddray.orchestration.session import ray_session
+from ddray.orchestration.local_phase import LocalTask, PoolStart, discard_pool, run_local_phase, start_pool
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
 from ddray.storage import is_uri, local_copy, storage_base, write_json
-from ddray.training.local import LocalResult
+from ddray.training.local import LocalResult, subdomain_arrays
 from ddray.training.spec import dnn_spec, training_spec
 
 
@@ -51,6 +54,17 @@ def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool, run
             f"resume with the saved config (ddray run --resume {run_dir.root}) or use a new --output"
         )
     return run_dir
+
+
+def check_data(config: RunConfig) -> None:
+    """What can be told about the data in milliseconds (the path exists, the size from file headers),
+    so a wrong path fails before Ray starts; ``load_data`` checks everything else."""
+    cfg = config.dataset
+    if cfg.path and is_uri(cfg.path):
+        return  # fetched by load_data, which names the URI when it is missing
+    if cfg.path:
+        require_path(cfg.path)
+    check_dataset_size(cfg, Limits().dataset_bytes)
 
 
 def load_data(config: RunConfig) -> Dataset:
@@ -91,32 +105,48 @@ def run(
     started = time.perf_counter()
     console = console or Console(stderr=True)
     run_dir = prepare_run_dir(config, output_dir, resume, run_id)
-    dataset = load_data(config)
-    subdomains = decompose(dataset.spatial_shape, config.decomposition.grid, config.decomposition.overlap)
-    if resume:
-        run_dir.create()
-    else:
-        run_dir.claim(config)  # takes the storage prefix at once (run.json, config.yaml)
-    write_json(run_dir.preprocessing, dataset.preprocessing.to_dict())
-    write_json(run_dir.subdomains, [asdict(s) for s in subdomains])
-    sizes = dataset.summary()
-    console.print(
-        f"[bold]ddray[/]: run {run_dir.run_id}: {sizes['train']} train / {sizes['val']} val / "
-        f"{sizes['test']} test samples, shape {list(dataset.spatial_shape)}, "
-        f"{dataset.num_classes} classes; {len(subdomains)} subdomains of grid {config.decomposition.grid}"
-        + (f"; storage {run_dir.storage}" if run_dir.storage else "")
-    )
-    tracker = ProgressTracker(run_dir.progress, len(subdomains), console)
+    check_data(config)  # the quick checks (paths, sizes from headers) before Ray starts
+    # Ray, and for the local phase its workers, start while the data loads (seconds each, not in sequence)
+    with ray_session(address, num_cpus=num_cpus, background=True, then=lambda: _start_workers(config, run_dir)) as ray_up:
+        try:
+            dataset = load_data(config)
+            subdomains = decompose(dataset.spatial_shape, config.decomposition.grid, config.decomposition.overlap)
+            if resume:
+                run_dir.create()
+            else:
+                run_dir.claim(config)  # takes the storage prefix at once (run.json, config.yaml)
+        except BaseException:
+            _release_workers(ray_up)  # bad input: the workers started for nothing go at once
+            raise
+        write_json(run_dir.preprocessing, dataset.preprocessing.to_dict())
+        write_json(run_dir.subdomains, [asdict(s) for s in subdomains])
+        sizes = dataset.summary()
+        console.print(
+            f"[bold]ddray[/]: run {run_dir.run_id}: {sizes['train']} train / {sizes['val']} val / "
+            f"{sizes['test']} test samples, shape {list(dataset.spatial_shape)}, "
+            f"{dataset.num_classes} classes; {len(subdomains)} subdomains of grid {config.decomposition.grid}"
+            + (f"; storage {run_dir.storage}" if run_dir.storage else "")
+        )
+        tracker = ProgressTracker(run_dir.progress, len(subdomains), console)
+        try:
+            pool = ray_up()
+            try:
+                results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started, pool)
+            finally:
+                discard_pool(pool)  # what the local phase did not use (a joined cluster outlives this run)
+            reports = report.write_in_background(results, run_dir.root)  # while Ray shuts down
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ddray cancel` (the CLI turns it into this)
+            tracker.close("cancelled", error="interrupted; finished subdomains are kept, continue with ddray run --resume")
+            _save_to_storage(run_dir, console, strict=False)
+            raise
+        except BaseException as err:
+            tracker.close("failed", error=str(err) or type(err).__name__)
+            _save_to_storage(run_dir, console, strict=False)
+            raise
     try:
-        with ray_session(address, num_cpus=num_cpus):
-            results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ddray cancel` (the CLI turns it into this)
-        tracker.close("cancelled", error="interrupted; finished subdomains are kept, continue with ddray run --resume")
-        _save_to_storage(run_dir, console, strict=False)
-        raise
-    except BaseException as err:
-        tracker.close("failed", error=str(err) or type(err).__name__)
-        _save_to_storage(run_dir, console, strict=False)
+        reports.result()
+    except Exception as err:
+        tracker.close("failed", error=f"writing the tables and plots failed: {err}")
         raise
     tracker.close("done")
     try:
@@ -148,7 +178,40 @@ def _save_to_storage(run_dir: RunDir, console: Console, *, strict: bool) -> None
     console.print(f"[bold]ddray[/]: {copied} file(s) of {run_dir.root} copied to {run_dir.storage}")
 
 
-def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains: list[Subdomain], tracker: ProgressTracker, started: float) -> dict[str, Any]:
+def _release_workers(ray_up) -> None:
+    try:
+        pool = ray_up()
+    except BaseException:  # noqa: BLE001 - Ray did not start: nothing to release, the first error is the one to show
+        return
+    discard_pool(pool)
+
+
+def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
+    """Runs as soon as Ray is up, while the driver still loads the data: the local phase's workers.
+
+    Only what the config alone tells (subdomain count, resources, what a resumed run has left);
+    with a Tune search its trials start their own processes. Any problem here is checked again,
+    and reported, by the driver once the data is loaded.
+    """
+    if config.tune is not None:
+        return None
+    res = config.resources
+    done = sum(run_dir.local_result(i).exists() for i in range(config.decomposition.num_subdomains))
+    todo = config.decomposition.num_subdomains - done
+    if todo <= 0:
+        return None
+    return start_pool(todo, check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain), res.cpus_per_subdomain, res.gpus_per_subdomain)
+
+
+def _run_on_ray(
+    config: RunConfig,
+    run_dir: RunDir,
+    dataset: Dataset,
+    subdomains: list[Subdomain],
+    tracker: ProgressTracker,
+    started: float,
+    pool: PoolStart | None = None,
+) -> dict[str, Any]:
     res = config.resources
     slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
     if config.compare:
@@ -163,7 +226,6 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
             finished[sub.index] = run_dir.load_local_result(sub.index)
             tracker.update({"subdomain": sub.index, "status": "restored", "test_accuracy": finished[sub.index][1]["test_accuracy"]})
 
-    data_ref = ray.put(dataset.arrays())  # once, shared by every worker
     local_started = time.perf_counter()
     todo = [s for s in subdomains if s.index not in finished]
     tracker.phase("local_training", subdomains=len(subdomains), to_train=len(todo), workers=min(slots, max(1, len(todo))))
@@ -193,18 +255,24 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
     if config.tune is not None:
         from ddray.orchestration.tune import run_search
 
+        data_ref = ray.put(dataset.arrays())  # once, shared by every trial
         tracker.phase("search", subdomains=len(subdomains), samples=config.tune.num_samples)
         extra["tune"] = run_search(config, run_dir, tasks, data_ref, slots=slots, on_event=tracker.update, on_result=keep)
     else:
+        # each worker gets its own subdomain's pixels, cut here once: a worker then maps 1/N of the
+        # data (plus overlap), not every page of the whole data set its slice runs through
+        arrays = dataset.arrays()
+        data_ref = None
         run_local_phase(
             tasks,
-            data_ref,
+            {t.sub.index: ray.put(subdomain_arrays(arrays, t.sub)) for t in tasks},
             cpus=res.cpus_per_subdomain,
             gpus=res.gpus_per_subdomain,
             slots=slots,
             max_retries=res.max_retries,
             on_event=tracker.update,
             on_result=keep,
+            pool=pool,
         )
     local_wall = record_local_wall()
 
@@ -212,7 +280,10 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
     agg_started = time.perf_counter()
     probs = {split: stack_probabilities([finished[s.index][0][split] for s in subdomains]) for split in ("train", "val", "test")}
     labels = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
-    aggregation = _aggregate(config, probs, labels, run_dir, res.cpus_per_subdomain)
+    coarse = dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes) if "dnn" in config.aggregation.methods else None
+    aggregation, dnn = aggregate(config.aggregation.methods, probs, labels, coarse)  # in this process: no task to start
+    if dnn is not None:
+        run_dir.save_dnn(dnn.state_dict(), coarse)
     aggregation_wall = time.perf_counter() - agg_started
 
     timings = {"local_wall": round(local_wall, 3), "aggregation_wall": round(aggregation_wall, 3)}
@@ -238,30 +309,5 @@ def _run_on_ray(config: RunConfig, run_dir: RunDir, dataset: Dataset, subdomains
         "versions": report.library_versions(),
     }
     results["comparison"] = report.comparison_summary(results)
-    write_json(run_dir.results, results)
-    report.write_tables(results, run_dir.root)
-    report.plot_accuracy(results, run_dir.root / report.PLOT_FILE)
+    write_json(run_dir.results, results)  # first: the tables and plots are drawn from what is safe
     return results
-
-
-def _aggregate(config: RunConfig, probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], run_dir: RunDir, cpus: float) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for method in config.aggregation.methods:
-        if method == "average":
-            out["average"] = {"test_accuracy": accuracy(average_predict(probs["test"]), labels["test"]), "parameters": 0}
-        elif method == "vote":
-            out["vote"] = {"test_accuracy": accuracy(vote_predict(probs["test"]), labels["test"]), "parameters": 0}
-        elif method == "dnn":
-            spec = dnn_spec(config, num_subdomains=probs["test"].shape[1], num_classes=probs["test"].shape[2])
-            t0 = time.perf_counter()
-            trained = run_coarse_step(probs, labels, spec, cpus=min(1.0, cpus))
-            run_dir.save_dnn(trained["state_dict"], spec)
-            out["dnn"] = {
-                "test_accuracy": trained["test_accuracy"],
-                "validation_accuracy": trained["validation_accuracy"],
-                "best_epoch": trained["best_epoch"],
-                "parameters": trained["parameters"],
-                "train_wall_s": round(time.perf_counter() - t0, 3),
-                "fit_seconds": round(trained["train_seconds"], 3),
-            }
-    return out

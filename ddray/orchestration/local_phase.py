@@ -38,7 +38,7 @@ from ddray.decomposition import Subdomain
 from ddray.errors import SubdomainFailed
 from ddray.orchestration.cluster import cluster_shape, feasible_capacity
 from ddray.storage import checkpoint_location
-from ddray.training.local import CudaUnavailable, LocalResult, cpu_threads, train_subdomain
+from ddray.training.local import CudaUnavailable, LocalResult, cpu_threads, train_subdomain, warm_up
 from ddray.training.loop import Callback
 from ddray.training.spec import TrainingSpec
 
@@ -79,6 +79,7 @@ class SubdomainWorker:
 
         # its CPU share (whole CPUs, at least one), also when a GPU worker falls back to CPU
         torch.set_num_threads(cpu_threads(cpus))
+        warm_up()
 
     def where(self) -> dict:
         """Where this worker runs and its memory (benchmarks show the data is not copied N times)."""
@@ -102,6 +103,47 @@ class SubdomainWorker:
 
 
 @dataclass
+class PoolStart:
+    """Subdomain workers and the progress queue, started before the local phase (while the driver loads data).
+
+    A worker's start (a process, ``import torch``, the first optimizer step's lazy imports) costs
+    seconds; started here they overlap the driver's own work instead of delaying the first epoch.
+    """
+
+    cpus: float
+    gpus: float
+    queue: Any
+    starting: dict  # where-ref -> actor, not known to be up yet
+
+
+def progress_queue() -> Queue:
+    """The progress queue lives on the driver's node, so losing a worker node never loses it."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
+def worker_options(cpus: float, gpus: float) -> dict:
+    # SPREAD: use every node's GPUs/CPUs before packing a second worker onto one node
+    return dict(num_cpus=cpus, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
+
+
+def pool_size(tasks: int, slots: int, cpus: float, gpus: float) -> int:
+    """Workers for ``tasks`` subdomains: never more busy processes than whole CPUs (fractional CPU
+    shares still schedule, but more training processes than cores only add start-up and memory),
+    counted on what the cluster can reach, autoscaler node types included."""
+    return max(1, min(slots, tasks, max_busy_processes(cpus, gpus)))
+
+
+def start_pool(tasks: int, slots: int, cpus: float, gpus: float) -> PoolStart:
+    """Start the workers ``run_local_phase`` will use for ``tasks`` subdomains, without waiting for them."""
+    starting = {}
+    for _ in range(pool_size(tasks, slots, cpus, gpus)):
+        worker = SubdomainWorker.options(**worker_options(cpus, gpus)).remote(cpus)
+        starting[worker.where.remote()] = worker
+    return PoolStart(cpus, gpus, progress_queue(), starting)
+
+
+@dataclass
 class LocalTask:
     """A subdomain still to train: what, how, and where its per-epoch state lives."""
 
@@ -112,7 +154,7 @@ class LocalTask:
 
 def run_local_phase(
     tasks: list[LocalTask],
-    data_ref: ray.ObjectRef,
+    data: ray.ObjectRef | Mapping[int, ray.ObjectRef],
     *,
     cpus: float,
     gpus: float,
@@ -121,25 +163,31 @@ def run_local_phase(
     on_event: Callable[[dict], None],
     on_result: Callable[[LocalResult, dict], None],
     poll_s: float = 0.25,
+    pool: PoolStart | None = None,
 ) -> list[LocalResult]:
     """Train every task on a pool of at most ``slots`` actors; results in task order.
 
     ``on_result`` gets each finished subdomain with its weights (``model_state``) and keeps it
     (the driver saves it in the run folder); the returned results no longer hold the weights.
+    ``data``: one object-store reference to the whole data set, or one per subdomain index holding
+    only that subdomain's arrays (:func:`~ddray.training.local.subdomain_arrays`; a worker then
+    maps only its own pixels). ``pool``: workers already started for this phase
+    (:func:`start_pool`); they are used, and the pool is filled up or trimmed to the size this
+    phase needs.
     """
+    if pool is not None and (pool.cpus, pool.gpus) != (cpus, gpus):
+        raise ValueError(f"the pool was started for CPU {pool.cpus:g}, GPU {pool.gpus:g}, not CPU {cpus:g}, GPU {gpus:g}")
     if not tasks:
+        discard_pool(pool)
         return []
-    # the progress queue lives on the driver's node, so losing a worker node never loses it
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    # never more busy processes than whole CPUs: fractional CPU shares still schedule,
-    # but packing more training processes than cores only adds start-up and memory.
-    # Counted on what the cluster can reach, autoscaler node types included.
-    pool_size = max(1, min(slots, len(tasks), max_busy_processes(cpus, gpus)))
-    # SPREAD: use every node's GPUs/CPUs before packing a second worker onto one node
-    options = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
-    workers: list = []
-    starting: dict[ray.ObjectRef, Any] = {}  # actors not up yet (a pending one may wait for the autoscaler)
+    size = pool_size(len(tasks), slots, cpus, gpus)
+    options = worker_options(cpus, gpus)
+    queue = pool.queue if pool is not None else progress_queue()
+    starting: dict[ray.ObjectRef, Any] = dict(pool.starting) if pool is not None else {}  # actors not up yet (a pending one may wait for the autoscaler)
+    while len(starting) > size:  # started for more subdomains than are left
+        _, extra = starting.popitem()
+        ray.kill(extra)
+    workers: list = list(starting.values())
     pending_tasks = list(tasks)
     running: dict[ray.ObjectRef, tuple[Any, LocalTask]] = {}
     results: dict[int, LocalResult] = {}
@@ -156,7 +204,7 @@ def run_local_phase(
 
     def submit(worker) -> None:
         task = pending_tasks.pop(0)
-        ref = worker.train.remote(task.sub, data_ref, task.spec, task.checkpoint_path, queue)
+        ref = worker.train.remote(task.sub, data[task.sub.index] if isinstance(data, Mapping) else data, task.spec, task.checkpoint_path, queue)
         running[ref] = (worker, task)
 
     def release(worker) -> None:
@@ -178,7 +226,7 @@ def run_local_phase(
                 on_event(event)
 
     try:
-        for _ in range(pool_size):
+        for _ in range(size - len(starting)):
             start_worker()
         while pending_tasks or running:
             if not running and not starting:  # every worker was lost before it could take work
@@ -203,7 +251,7 @@ def run_local_phase(
                     except (*WORKER_LOST, ray.exceptions.RayTaskError) as err:
                         workers.remove(worker)
                         start_failures += 1
-                        if start_failures > max_retries + pool_size:
+                        if start_failures > max_retries + size:
                             raise SubdomainFailed(
                                 f"subdomain workers could not start ({start_failures} attempts); "
                                 f"last cause: {_short(err)}"
@@ -258,6 +306,17 @@ def run_local_phase(
         except Exception:
             pass
     return [results[t.sub.index] for t in tasks]
+
+
+def discard_pool(pool: PoolStart | None) -> None:
+    """Stop the workers and queue of a pool that is not needed after all."""
+    if pool is None:
+        return
+    for actor in [*pool.starting.values(), pool.queue.actor]:
+        try:
+            ray.kill(actor)
+        except Exception:
+            pass
 
 
 def max_busy_processes(cpus: float = 1.0, gpus: float = 0.0) -> int:

@@ -67,6 +67,19 @@ def cpu_threads(cpus: float) -> int:
     return max(1, math.floor(cpus + 1e-9))
 
 
+def warm_up() -> None:
+    """One tiny forward, backward and optimizer step, so torch's lazy imports happen now.
+
+    The first ``optimizer.step()`` of a process imports ``torch._dynamo`` and friends (about a
+    second here). A worker that does this while it starts, and it starts while the driver loads
+    the data, keeps that second out of its first subdomain's training.
+    """
+    model = torch.nn.Conv2d(1, 1, 1)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 1, 2, 2)).sum().backward()
+    opt.step()
+
+
 def cuda_diagnosis() -> str:
     """Why CUDA is not usable here, in one line (names CUDA_VISIBLE_DEVICES and torch's CUDA build)."""
     built = f"torch {torch.__version__} built for CUDA {torch.version.cuda}" if torch.version.cuda else f"torch {torch.__version__} is a CPU-only build"
@@ -98,11 +111,28 @@ def training_device(spec: TrainingSpec, subdomain: int) -> torch.device:
     return torch.device("cpu")
 
 
-def subdomain_tensors(arrays: Mapping[str, np.ndarray], sub: Subdomain) -> dict[str, torch.Tensor]:
-    """The subdomain's pixels of every split as contiguous tensors (one copy of 1/N of the data)."""
+def subdomain_arrays(arrays: Mapping[str, np.ndarray], sub: Subdomain) -> dict[str, np.ndarray]:
+    """Only the subdomain's pixels of every split (C-contiguous copies) and the labels: what its worker needs."""
     out = {}
     for split in SPLITS:
-        out[f"x_{split}"] = torch.from_numpy(np.array(sub.extract(arrays[f"x_{split}"]), dtype=np.float32, order="C"))
+        out[f"x_{split}"] = np.ascontiguousarray(sub.extract(arrays[f"x_{split}"]), dtype=np.float32)
+        out[f"y_{split}"] = np.asarray(arrays[f"y_{split}"], dtype=np.int64)
+    return out
+
+
+def subdomain_tensors(arrays: Mapping[str, np.ndarray], sub: Subdomain) -> dict[str, torch.Tensor]:
+    """The subdomain's pixels of every split as writable tensors (one copy of 1/N of the data).
+
+    ``arrays`` is the whole data set, or already only this subdomain's (:func:`subdomain_arrays`):
+    arrays whose spatial shape is the subdomain's are not cut again (for a subdomain that covers
+    the whole image both readings are the same).
+    """
+    out = {}
+    for split in SPLITS:
+        x = arrays[f"x_{split}"]
+        if tuple(x.shape[2:]) != sub.shape:
+            x = sub.extract(x)
+        out[f"x_{split}"] = torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
         out[f"y_{split}"] = torch.from_numpy(np.array(arrays[f"y_{split}"], dtype=np.int64))
     return out
 
@@ -144,6 +174,7 @@ def train_subdomain(
         device=device,
         callbacks=callbacks,
         checkpoint_path=checkpoint_path,
+        checkpoint_every=spec.checkpoint_every,
     )
     probabilities = {split: predict_proba(model, data[f"x_{split}"]) for split in SPLITS}
     _, test_acc = evaluate(model, data["x_test"], data["y_test"])

@@ -105,9 +105,11 @@ class TrainingSpec:
     batch_size: int = 64
     seed: int = 0
     device: DeviceRequest = field(default_factory=DeviceRequest)
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}: set training.epochs (or tune.space.epochs)")
+        _require(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}: set training.checkpoint_every")
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}: set training.batch_size (or tune.space.batch_size)")
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "TrainingSpec":
@@ -135,7 +137,7 @@ class TrainingSpec:
                 model=ModelSpec(**data["model"]),
                 optimizer=OptimizerSpec(**data.get("optimizer", {})),
                 device=DeviceRequest(**data.get("device", {})),
-                **{f.name: data[f.name] for f in fields(cls) if f.name in ("epochs", "batch_size", "seed") and f.name in data},
+                **{f.name: data[f.name] for f in fields(cls) if f.name in ("epochs", "batch_size", "seed", "checkpoint_every") and f.name in data},
             )
         return cls(  # ddray 0.1 (LocalSettings / BaselineSettings fields, flat)
             model=ModelSpec(data["model"], float(data.get("width", 1.0)), int(data["in_channels"]), int(data["num_classes"]), int(data["spatial_dims"])),
@@ -217,6 +219,7 @@ def training_spec(
         batch_size=(b.batch_size or t.batch_size) if baseline else t.batch_size,
         seed=config.seed,
         device=DeviceRequest(config.resources.gpus_per_subdomain, config.resources.require_cuda) if baseline is None else DeviceRequest(),
+        checkpoint_every=t.checkpoint_every,
     )
     return spec.with_overrides(overrides)
 

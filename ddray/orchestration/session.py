@@ -1,0 +1,94 @@
+"""Connecting the driver to Ray: join a cluster or start an embedded one, in the background if asked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def ray_session(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    background: bool = False,
+    then: Callable[[], Any] | None = None,
+) -> Iterator[Callable[[], Any]]:
+    """Join ``address`` or start an embedded local Ray; reuse (and keep) one that is already up.
+
+    Yields ``wait()``, which returns once Ray is up with what ``then()`` returned (None without
+    ``then``). With ``background`` the start (and ``then``) runs in a thread while the caller
+    goes on, e.g. loading its data: ``ray.init`` takes seconds that need not be spent in sequence.
+    A failed ``then`` is not an error (it returns None; the caller checks again after ``wait()``);
+    a failed start is raised by ``wait()``.
+    """
+    owned = not ray.is_initialized()
+    outcome: dict[str, Any] = {}
+    ready, done = threading.Event(), threading.Event()
+
+    def start() -> None:
+        try:
+            if owned:
+                _init(address, num_cpus, num_gpus)
+        except BaseException as err:  # noqa: BLE001 - handed to wait()
+            outcome["error"] = err
+        else:
+            if then is not None:
+                try:
+                    outcome["value"] = then()
+                except Exception as err:  # noqa: BLE001 - an optimisation only
+                    log.debug("ahead-of-time step after the Ray start failed: %s", err)
+        finally:
+            ready.set()
+
+    def run_and_stay() -> None:
+        # The thread that starts Ray must outlive the session: Ray binds the GCS and raylet it starts
+        # to their creator with PR_SET_PDEATHSIG, which Linux fires when that *thread* ends.
+        start()
+        done.wait()
+
+    thread = threading.Thread(target=run_and_stay, name="ddray-ray-session", daemon=True) if background else None
+    if thread is not None:
+        thread.start()
+    else:
+        start()
+
+    def wait() -> Any:
+        ready.wait()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    try:
+        yield wait
+    finally:
+        ready.wait()
+        try:
+            if owned and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            done.set()
+            if thread is not None:
+                thread.join()
+
+
+def _init(address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # address="local": always a new embedded Ray, never a stray cluster left on this machine
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+    if callable(previous_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous_sigterm)  # ray.init replaces it with a bare sys.exit
