@@ -73,7 +73,8 @@ def train_global(config_path: str, out_path: str, threads: int) -> None:
 
 def timed(cmd: list[str], cwd: Path) -> float:
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "DDRAY_PLAIN_PROGRESS": "1"})
+    env = {**os.environ, "DDRAY_PLAIN_PROGRESS": "1", "PYTHONPATH": str(ROOT)}  # this checkout's ddray on both sides
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

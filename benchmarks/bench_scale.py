@@ -7,9 +7,11 @@ Simulates an 8x8 = 64-subdomain job with fractional CPU shares
    divided by the number of subdomains, on a job whose training is almost
    free (one epoch on 64 images), so what remains is Ray scheduling, the
    actor pool, progress events and result handling (upper bound);
-2. memory: the data set's bytes, the object store's usage (it holds the data
-   set once), and each worker's peak RSS above an idle worker's, which must
-   grow with the subimage (1/64 of the data), not with the data set.
+2. memory: the data set's bytes, the object store's usage, and each worker's
+   private memory and peak RSS above an idle worker's, which must grow with
+   the subimage (1/64 of the data), not with the data set: once with every
+   worker given the whole data set (ddray before #15), once with each worker
+   given only its own subdomain's pixels (what the driver does now).
 
     python benchmarks/bench_scale.py [--grid 8 8] [--cpus 0.25] [--image 64]
 """
@@ -38,6 +40,7 @@ def main() -> None:
     from ddray.decomposition import decompose
     from ddray.orchestration.cluster import check_feasible
     from ddray.orchestration.local_phase import LocalTask, SubdomainWorker, run_local_phase
+    from ddray.training.local import subdomain_arrays
     from ddray.training.spec import training_spec
 
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
@@ -45,7 +48,7 @@ def main() -> None:
     idle_private = ray.get(idle.where.remote())["private_mb"]
     ray.kill(idle)
 
-    def job(limit: int | None, image: int):
+    def job(limit: int | None, image: int, per_subdomain: bool = True):
         config = parse_config(
             {
                 "dataset": {"source": "digits", "image_size": [image, image], **({"limit": limit} if limit else {})},
@@ -64,7 +67,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tasks = [LocalTask(s, settings, str(Path(tmp) / f"{s.index}.ckpt")) for s in subs]
             t0 = time.perf_counter()
-            ref = ray.put(arrays)
+            # as the driver does: each subdomain's own pixels (or, to compare, one reference to everything)
+            ref = {t.sub.index: ray.put(subdomain_arrays(arrays, t.sub)) for t in tasks} if per_subdomain else ray.put(arrays)
             results = run_local_phase(tasks, ref, cpus=args.cpus, gpus=0, slots=slots, max_retries=0, on_event=lambda e: None, on_result=lambda r, w: wheres.append(w))
             wall = time.perf_counter() - t0
             store = next((line.strip() for line in memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True).splitlines() if "Plasma memory usage" in line), "n/a")
@@ -77,13 +81,19 @@ def main() -> None:
     print(f"overhead job (1 epoch, 64 images): local phase {wall:.1f} s, in-worker training {train:.1f} s")
     print(f"scheduling overhead per subdomain (upper bound, wall / subdomains): {wall / n:.3f} s   (target < 0.2 s)")
 
-    n, workers, wall, train, data_bytes, store, wheres = job(limit=None, image=args.image)
     private_small = max(w["private_mb"] for w in small)
-    private_big = max(w["private_mb"] for w in wheres)
-    print(f"data set: {data_bytes / 2**20:.1f} MiB; object store: {store}")
-    print(f"worker private memory (MiB): idle {idle_private:.0f}, after 64-image job {private_small:.0f}, after full job {private_big:.0f}")
-    print(f"data-dependent growth per worker: {private_big - private_small:.1f} MiB = {(private_big - private_small) / (data_bytes / 2**20):.2f} x the data set (1.0 would be a full copy per worker)")
-    print(f"peak RSS per worker (MiB, counts shared object-store pages): {sorted(w['peak_rss_mb'] for w in wheres)[-1]:.0f}")
+    for per_subdomain in (False, True):
+        n, workers, wall, train, data_bytes, store, wheres = job(limit=None, image=args.image, per_subdomain=per_subdomain)
+        private_big = max(w["private_mb"] for w in wheres)
+        rss = sorted(w["peak_rss_mb"] for w in wheres)[-1]
+        share = data_bytes / 2**20 / n
+        growth = private_big - private_small
+        print(f"\n{'each worker gets its own subdomain (ddray)' if per_subdomain else 'every worker gets the whole data set (before)'}:")
+        print(f"  data set: {data_bytes / 2**20:.1f} MiB (a subdomain's share {share:.2f} MiB); object store: {store}")
+        print(f"  worker private memory (MiB): idle {idle_private:.0f}, after 64-image job {private_small:.0f}, after full job {private_big:.0f}")
+        print(f"  data-dependent growth per worker: {growth:.1f} MiB = {growth / (data_bytes / 2**20):.2f} x the data set, "
+              f"{growth / share:.1f} x its share (target: share + a small constant)")
+        print(f"  peak RSS per worker (MiB, counts the object-store pages it maps): {rss:.0f}")
     ray.shutdown()
 
 

@@ -33,7 +33,7 @@ from ddray.orchestration.local_phase import LocalTask, PoolStart, discard_pool, 
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
 from ddray.storage import is_uri, local_copy, storage_base, write_json
-from ddray.training.local import LocalResult, subdomain_arrays
+from ddray.training.local import LocalResult, subdomain_arrays, warm_up
 from ddray.training.spec import dnn_spec, training_spec
 
 
@@ -187,12 +187,14 @@ def _release_workers(ray_up) -> None:
 
 
 def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
-    """Runs as soon as Ray is up, while the driver still loads the data: the local phase's workers.
+    """Runs as soon as Ray is up, while the driver still loads the data: the local phase's workers (and this
+    process's own lazy torch imports).
 
     Only what the config alone tells (subdomain count, resources, what a resumed run has left);
     with a Tune search its trials start their own processes. Any problem here is checked again,
     and reported, by the driver once the data is loaded.
     """
+    warm_up()  # this process fits the DNN later: its first optimizer step's imports happen now, off the critical path
     if config.tune is not None:
         return None
     res = config.resources
