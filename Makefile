@@ -31,6 +31,7 @@ fuzz: $(STAMP)
 	DDRAY_FUZZ_EXAMPLES=1000 DDRAY_FUZZ_SECONDS=1200 $(BIN)/python -m pytest -q tests/test_api_schema.py
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_end_to_end.py
 	$(BIN)/python benchmarks/bench_local_phase.py
 	$(BIN)/python benchmarks/bench_scale.py
 
