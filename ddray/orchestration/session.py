@@ -33,6 +33,7 @@ def ray_session(
     """
     owned = not ray.is_initialized()
     outcome: dict[str, Any] = {}
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
     ready, done = threading.Event(), threading.Event()
 
     def start() -> None:
@@ -64,6 +65,7 @@ def ray_session(
 
     def wait() -> Any:
         ready.wait()
+        _restore_sigterm(previous_sigterm)
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("value")
@@ -81,6 +83,14 @@ def ray_session(
                 thread.join()
 
 
+def _restore_sigterm(handler: Any) -> None:
+    """Put the caller's SIGTERM handler back (main thread only): ``ray.init`` replaces it with a bare
+    ``sys.exit`` when called in the main thread, and its core worker installs a C-level failure handler
+    in any thread, which logs and then aborts the process at exit instead of letting ddray stop cleanly."""
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _init(address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -90,5 +100,4 @@ def _init(address: str | None, num_cpus: int | None, num_gpus: int | None) -> No
     else:
         # address="local": always a new embedded Ray, never a stray cluster left on this machine
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
-    if callable(previous_sigterm) and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, previous_sigterm)  # ray.init replaces it with a bare sys.exit
+    _restore_sigterm(previous_sigterm)  # in the main thread (background=False); wait() does it otherwise
