@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -194,15 +195,16 @@ def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
     with a Tune search its trials start their own processes. Any problem here is checked again,
     and reported, by the driver once the data is loaded.
     """
-    warm_up()  # this process fits the DNN later: its first optimizer step's imports happen now, off the critical path
-    if config.tune is not None:
-        return None
+    pool = None
     res = config.resources
     done = sum(run_dir.local_result(i).exists() for i in range(config.decomposition.num_subdomains))
     todo = config.decomposition.num_subdomains - done
-    if todo <= 0:
-        return None
-    return start_pool(todo, check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain), res.cpus_per_subdomain, res.gpus_per_subdomain)
+    if config.tune is None and todo > 0:
+        pool = start_pool(todo, check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain), res.cpus_per_subdomain, res.gpus_per_subdomain)
+    # this process fits the DNN later: its first optimizer step's imports happen now, in a thread of
+    # their own, so neither the workers' start nor the driver's next step waits for them
+    threading.Thread(target=warm_up, name="ddray-warm-up", daemon=True).start()
+    return pool
 
 
 def _run_on_ray(
