@@ -146,11 +146,6 @@ class RunDir:
     def run_file(self) -> Path:
         return self.root / RUN_FILE
 
-    @property
-    def prefix(self) -> str | None:
-        """Where this run stores everything (``<base>/<run_id>``), or None (all inside ``root``)."""
-        return self.storage
-
     def location(self, leaf: str) -> str:
         """``<prefix>/<leaf>``, or ``root/<leaf>`` without storage: per-epoch state, Tune and Train experiments."""
         return join(self.storage, leaf) if self.storage else str(self.root / leaf)

@@ -256,10 +256,6 @@ def copy_file(src: str, dst: str) -> None:
     pafs.copy_files(src, dst)
 
 
-def uri_exists(uri: str) -> bool:
-    return exists(uri)
-
-
 @contextmanager
 def checkpoint_location(location: str) -> Iterator[tuple[str, object]]:
     """Yield (local checkpoint path, callback that persists it after each epoch)."""
@@ -269,7 +265,7 @@ def checkpoint_location(location: str) -> Iterator[tuple[str, object]]:
         return
     with tempfile.TemporaryDirectory(prefix="ddray-ckpt-") as tmp:
         local = Path(tmp) / os.path.basename(location)
-        if uri_exists(location):
+        if exists(location):
             copy_file(location, str(local))
         yield str(local), _UploadAfterEpoch(local, location)
 
