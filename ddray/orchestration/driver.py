@@ -108,7 +108,7 @@ def run(
     run_dir = prepare_run_dir(config, output_dir, resume, run_id)
     check_data(config)  # the quick checks (paths, sizes from headers) before Ray starts
     # Ray, and for the local phase its workers, start while the data loads (seconds each, not in sequence)
-    with ray_session(address, num_cpus=num_cpus, background=True, then=lambda: _start_workers(config, run_dir)) as ray_up:
+    with ray_session(address, num_cpus=num_cpus, then=lambda: _start_workers(config, run_dir)) as ray_up:
         try:
             dataset = load_data(config)
             subdomains = decompose(dataset.spatial_shape, config.decomposition.grid, config.decomposition.overlap)

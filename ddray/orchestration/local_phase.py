@@ -1,9 +1,10 @@
 """The parallel phase: one Ray actor trains each subdomain's local CNN.
 
 Design:
-- The data set is put into the object store once by the driver; every actor
-  receives the same reference and slices its own subdomain (a zero-copy view
-  of shared memory on the same node, then one copy of 1/N of the pixels).
+- The driver cuts every subdomain's pixels once and puts each into the object
+  store on its own; an actor receives only its subdomain's reference (a
+  zero-copy view of shared memory on the same node), so it never maps the
+  pages of the whole data set. One reference to the whole data set works too.
 - Actors are a pool sized to what the cluster can reach at once: the nodes
   that are up plus what the autoscaler may still start (at most one actor per
   subdomain, and never more busy processes on a node than its whole CPUs).
@@ -122,11 +123,6 @@ def progress_queue() -> Queue:
     return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
-def worker_options(cpus: float, gpus: float) -> dict:
-    # SPREAD: use every node's GPUs/CPUs before packing a second worker onto one node
-    return dict(num_cpus=cpus, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
-
-
 def pool_size(tasks: int, slots: int, cpus: float, gpus: float) -> int:
     """Workers for ``tasks`` subdomains: never more busy processes than whole CPUs (fractional CPU
     shares still schedule, but more training processes than cores only add start-up and memory),
@@ -134,12 +130,20 @@ def pool_size(tasks: int, slots: int, cpus: float, gpus: float) -> int:
     return max(1, min(slots, tasks, max_busy_processes(cpus, gpus)))
 
 
+def start_worker(cpus: float, gpus: float, starting: dict) -> Any:
+    """Ask for one worker without waiting; it is entered in ``starting`` under the reference that
+    resolves once it is up (and has warmed its imports)."""
+    # SPREAD: use every node's GPUs/CPUs before packing a second worker onto one node
+    worker = SubdomainWorker.options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD").remote(cpus)
+    starting[worker.where.remote()] = worker
+    return worker
+
+
 def start_pool(tasks: int, slots: int, cpus: float, gpus: float) -> PoolStart:
     """Start the workers ``run_local_phase`` will use for ``tasks`` subdomains, without waiting for them."""
-    starting = {}
+    starting: dict = {}
     for _ in range(pool_size(tasks, slots, cpus, gpus)):
-        worker = SubdomainWorker.options(**worker_options(cpus, gpus)).remote(cpus)
-        starting[worker.where.remote()] = worker
+        start_worker(cpus, gpus, starting)
     return PoolStart(cpus, gpus, progress_queue(), starting)
 
 
@@ -181,7 +185,6 @@ def run_local_phase(
         discard_pool(pool)
         return []
     size = pool_size(len(tasks), slots, cpus, gpus)
-    options = worker_options(cpus, gpus)
     queue = pool.queue if pool is not None else progress_queue()
     starting: dict[ray.ObjectRef, Any] = dict(pool.starting) if pool is not None else {}  # actors not up yet (a pending one may wait for the autoscaler)
     while len(starting) > size:  # started for more subdomains than are left
@@ -197,10 +200,8 @@ def run_local_phase(
     next_notice = began + WAIT_NOTICE_S
     any_ready = False
 
-    def start_worker() -> None:
-        worker = SubdomainWorker.options(**options).remote(cpus)
-        workers.append(worker)
-        starting[worker.where.remote()] = worker
+    def add_worker() -> None:
+        workers.append(start_worker(cpus, gpus, starting))
 
     def submit(worker) -> None:
         task = pending_tasks.pop(0)
@@ -227,10 +228,10 @@ def run_local_phase(
 
     try:
         for _ in range(size - len(starting)):
-            start_worker()
+            add_worker()
         while pending_tasks or running:
             if not running and not starting:  # every worker was lost before it could take work
-                start_worker()
+                add_worker()
             done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=poll_s)
             drain()
             now = time.monotonic()
@@ -257,7 +258,7 @@ def run_local_phase(
                                 f"last cause: {_short(err)}"
                             ) from None
                         if pending_tasks:
-                            start_worker()
+                            add_worker()
                         continue
                     any_ready = True
                     if pending_tasks:
@@ -280,7 +281,7 @@ def run_local_phase(
                     on_event({"subdomain": index, "status": "retrying", "attempt": attempts[index], "cause": _short(err, 200)})
                     release(worker)
                     pending_tasks.insert(0, task)  # the next worker that is up resumes it from its checkpoint
-                    start_worker()
+                    add_worker()
                     continue
                 except ray.exceptions.RayTaskError as err:
                     cause = getattr(err, "cause", None)

@@ -20,16 +20,15 @@ def ray_session(
     *,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
-    background: bool = False,
     then: Callable[[], Any] | None = None,
 ) -> Iterator[Callable[[], Any]]:
     """Join ``address`` or start an embedded local Ray; reuse (and keep) one that is already up.
 
-    Yields ``wait()``, which returns once Ray is up with what ``then()`` returned (None without
-    ``then``). With ``background`` the start (and ``then``) runs in a thread while the caller
-    goes on, e.g. loading its data: ``ray.init`` takes seconds that need not be spent in sequence.
-    A failed ``then`` is not an error (it returns None; the caller checks again after ``wait()``);
-    a failed start is raised by ``wait()``.
+    The start (and ``then``) runs in a thread while the caller goes on, e.g. loading its data:
+    ``ray.init`` takes seconds that need not be spent in sequence. Yields ``wait()``, which the
+    caller calls from the main thread: it returns once Ray is up, with what ``then()`` returned
+    (None without ``then``), and puts the caller's SIGTERM handler back. A failed ``then`` is not
+    an error (it returns None; the caller checks again); a failed start is raised by ``wait()``.
     """
     owned = not ray.is_initialized()
     outcome: dict[str, Any] = {}
@@ -57,11 +56,8 @@ def ray_session(
         start()
         done.wait()
 
-    thread = threading.Thread(target=run_and_stay, name="ddray-ray-session", daemon=True) if background else None
-    if thread is not None:
-        thread.start()
-    else:
-        start()
+    thread = threading.Thread(target=run_and_stay, name="ddray-ray-session", daemon=True)
+    thread.start()
 
     def wait() -> Any:
         ready.wait()
@@ -79,14 +75,13 @@ def ray_session(
                 ray.shutdown()
         finally:
             done.set()
-            if thread is not None:
-                thread.join()
+            thread.join()
 
 
 def _restore_sigterm(handler: Any) -> None:
-    """Put the caller's SIGTERM handler back (main thread only): ``ray.init`` replaces it with a bare
-    ``sys.exit`` when called in the main thread, and its core worker installs a C-level failure handler
-    in any thread, which logs and then aborts the process at exit instead of letting ddray stop cleanly."""
+    """Put the caller's SIGTERM handler back (main thread only): after ``ray.init`` the core worker's
+    C-level failure handler owns SIGTERM; it logs and then aborts the process at exit instead of
+    letting ddray stop cleanly."""
     if callable(handler) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
 
@@ -94,10 +89,8 @@ def _restore_sigterm(handler: Any) -> None:
 def _init(address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, **kwargs)
     else:
         # address="local": always a new embedded Ray, never a stray cluster left on this machine
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
-    _restore_sigterm(previous_sigterm)  # in the main thread (background=False); wait() does it otherwise
