@@ -40,6 +40,7 @@ import yaml
 from api.cluster import RayCluster, nice_prefix
 from api.settings import ServiceSettings
 from api.store import JobRecord, JobStore
+from api.warm import WarmWorkers
 from ddray import storage
 
 log = logging.getLogger("ddray.api")
@@ -118,6 +119,7 @@ class JobRunner:
         self._stop_sent: set[str] = set()
         self._over_time: dict[str, str] = {}  # submission id -> why the service stopped it
         self._stopping = False
+        self.warm = WarmWorkers(settings, store, self.cluster)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -147,7 +149,7 @@ class JobRunner:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def health(self) -> dict[str, Any]:
-        cluster: dict[str, Any] = {"status": self.cluster.status}
+        cluster: dict[str, Any] = {"status": self.cluster.status, "warm_workers": self.warm.filled}
         if self.cluster.error:
             cluster["error"] = self.cluster.error
         if self.cluster.ready:
@@ -193,7 +195,10 @@ class JobRunner:
             if self._stopping or not self.cluster.ready:
                 return
             self._watch()
+            if self.warm.busy():  # no job starts while the warm pool fills
+                return
             self._dispatch()
+            self.warm.fill_if_idle()
 
     def _job_info(self, sid: str):
         """Ray's JobDetails, or None when Ray does not know the submission."""
@@ -256,6 +261,7 @@ class JobRunner:
         else:
             self.store.finish(record.id, "failed", error=failure_reason(text, getattr(info, "message", None), exit_code), exit_code=exit_code)
         self._stop_sent.discard(sid)
+        self.warm.needed = True
         log.info("job %s ended: Ray status %s", record.id, status)
 
     def _keep_log(self, record: JobRecord, text: str) -> None:
@@ -298,6 +304,7 @@ class JobRunner:
         base = storage.storage_base(record.config.get("storage") or self.settings.storage)
         run_location = storage.run_prefix(base, record.id) or str(paths["run"])
         sid = submission_id(record.id)
+        self.warm.remember(record.config)
         self.store.set_submission(record.id, submission_id=sid, job_dir=str(job_dir), run_location=run_location)
         command = [
             *nice_prefix(self.settings.job_nice if self.cluster.local else 0),
@@ -328,6 +335,8 @@ class JobRunner:
             if not self.cluster.local:
                 if running:
                     log.info("%d job(s) keep running on the Ray cluster; the next start of the service re-attaches them", len(running))
+                else:
+                    self.warm.drain()
                 return
             if self.cluster.ready:
                 self._stop_jobs(running)

@@ -111,6 +111,7 @@ class ClusterHealth(BaseModel):
     total: dict[str, float] = Field(default_factory=dict)
     available: dict[str, float] = Field(default_factory=dict)
     nodes: int | None = None
+    warm_workers: int = Field(0, description="subdomain workers the service keeps started for the next job (they hold CPUs while idle)")
     error: str | None = None
 
 

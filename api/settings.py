@@ -64,6 +64,11 @@ class ServiceSettings(BaseSettings):
     ray_object_store_mb: int | None = Field(None, ge=80, description="object store of the local head in MiB (default: Ray's)")
     ray_start_timeout_s: float = Field(120.0, gt=0)
     job_nice: int = Field(5, ge=0, le=19, description="niceness of the local Ray head (so its workers) and of job drivers: the web process keeps priority")
+    warm_workers: int | None = Field(
+        None, ge=0, description="subdomain workers kept started (torch imported) while no job runs, so the next job "
+        "trains at once; they hold their CPUs while idle. Default: as many as the local head's CPUs fit; 0 on a joined "
+        "cluster (idle workers would keep an autoscaler from removing nodes)"
+    )
     max_concurrent_jobs: int = Field(1, ge=0, description="jobs running at once; 0 pauses dispatch (jobs stay queued)")
     max_queued_jobs: int = Field(100, ge=1, description="jobs waiting at once; more submissions get 429 with Retry-After")
     max_job_seconds: float | None = Field(

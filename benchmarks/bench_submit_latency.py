@@ -11,6 +11,11 @@ is warm: head, dashboard and Jobs API up), then submits the same small job
   driver started, imported torch, loaded data, started its actors);
 * ``end``: the job succeeded.
 
+It does so twice in one invocation: on a service without warm workers
+(``DDRAY_WARM_WORKERS=0``, every job starts its own) and on one with the
+default warm pool (workers started while the service is idle), and prints
+the warm / cold ratios.
+
     .venv/bin/python benchmarks/bench_submit_latency.py [--repeats 3] [--ray-address HOST:PORT]
 
 Loopback only, bounded in time. Figures are medians over the repeats; the
@@ -51,35 +56,55 @@ def milestones(client, job_id: str, submitted: float, timeout: float) -> dict[st
     raise TimeoutError(f"job {job_id} did not finish in {timeout:.0f} s")
 
 
+def measure(tmp: Path, args, warm_workers: int | None) -> list[dict[str, float]]:
+    """One service (cold: no warm workers; warm: the service's default), ``--repeats`` jobs one after another."""
+    extra = ["--ray-address", args.ray_address] if args.ray_address else ["--ray-num-cpus", "2", "--ray-object-store-mb", "200"]
+    label = "cold" if warm_workers == 0 else "warm"
+    svc = Service(tmp / f"state-{label}", tmp / "data", extra_args=extra, warm_workers=warm_workers)
+    t0 = time.perf_counter()
+    svc.start(timeout=180)
+    print(f"[{label}] service healthy (cluster warm) after {time.perf_counter() - t0:.1f} s")
+    rows = []
+    try:
+        with svc.client() as client:
+            for i in range(args.repeats):
+                time.sleep(args.pause)  # a user's next job rarely comes within the second the last one ended
+                submitted = time.perf_counter()
+                job_id = client.post("/jobs", json={"name": f"latency-{i}", "config": tiny_job(epochs=args.epochs)}).json()["id"]
+                row = milestones(client, job_id, submitted, args.timeout)
+                row["warm_workers"] = client.get(f"/jobs/{job_id}/results").json().get("workers", {}).get("warm", 0)
+                rows.append(row)
+                print(
+                    f"[{label}] job {i}: running {row.get('running', float('nan')):.2f} s, first epoch {row['first_epoch']:.2f} s, "
+                    f"end {row['end']:.2f} s, warm workers used {row['warm_workers']}"
+                )
+    finally:
+        svc.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--pause", type=float, default=8.0, help="seconds between one job's end and the next submission")
     parser.add_argument("--ray-address", help="join this cluster instead of starting a local head")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
 
+    results = {}
     with tempfile.TemporaryDirectory(prefix="ddray-bench-") as tmp:
-        extra = ["--ray-address", args.ray_address] if args.ray_address else ["--ray-num-cpus", "2", "--ray-object-store-mb", "200"]
-        svc = Service(Path(tmp) / "state", Path(tmp) / "data", extra_args=extra)
-        t0 = time.perf_counter()
-        svc.start(timeout=180)
-        print(f"service healthy (cluster warm) after {time.perf_counter() - t0:.1f} s")
-        rows = []
-        try:
-            with svc.client() as client:
-                for i in range(args.repeats):
-                    submitted = time.perf_counter()
-                    job_id = client.post("/jobs", json={"name": f"latency-{i}", "config": tiny_job(epochs=args.epochs)}).json()["id"]
-                    row = milestones(client, job_id, submitted, args.timeout)
-                    rows.append(row)
-                    print(f"job {i}: running {row.get('running', float('nan')):.2f} s, first epoch {row['first_epoch']:.2f} s, end {row['end']:.2f} s")
-        finally:
-            svc.stop()
+        for label, warm in (("cold", 0), ("warm", None)):
+            results[label] = measure(Path(tmp), args, warm)
     for key in ("running", "first_epoch", "end"):
-        values = [r[key] for r in rows if key in r]
-        if values:
-            print(f"median {key:>11}: {statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")
+        medians = {}
+        for label, rows in results.items():
+            values = [r[key] for r in rows if key in r]
+            if values:
+                medians[label] = statistics.median(values)
+                print(f"[{label}] median {key:>11}: {medians[label]:6.2f} s  (min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")
+        if len(medians) == 2 and medians["cold"] > 0:
+            print(f"warm / cold {key}: {medians['warm'] / medians['cold']:.2f}")
 
 
 if __name__ == "__main__":

@@ -69,12 +69,23 @@ class FakeRunner:
 class Service:
     """``python -m ddray serve`` on 127.0.0.1 in a subprocess, with its own state dir."""
 
-    def __init__(self, state_dir: Path, data_root: Path, token: str = "test-token-0123456789abcdef", *, extra_args: list[str] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        data_root: Path,
+        token: str = "test-token-0123456789abcdef",
+        *,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        warm_workers: int | None = 0,
+    ):
+        """``warm_workers``: DDRAY_WARM_WORKERS; 0 (none) unless a test is about them, so the other
+        tests' jobs start the way they always did; None = the service's default."""
         self.state_dir = Path(state_dir)
         self.data_root = Path(data_root)
         self.token = token
         self.extra_args = extra_args or []
-        self.env = env or {}
+        self.env = {**({} if warm_workers is None else {"DDRAY_WARM_WORKERS": str(warm_workers)}), **(env or {})}
         self.port = 0
         self.proc: subprocess.Popen | None = None
 

@@ -31,6 +31,7 @@ from ddray.limits import Limits
 from ddray.orchestration.cluster import check_feasible
 from ddray.orchestration.session import ray_session
 from ddray.orchestration.local_phase import LocalTask, PoolStart, discard_pool, run_local_phase, start_pool
+from ddray.orchestration.warm_pool import take_workers
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
 from ddray.storage import is_uri, local_copy, storage_base, write_json
@@ -198,9 +199,12 @@ def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
     pool = None
     res = config.resources
     done = sum(run_dir.local_result(i).exists() for i in range(config.decomposition.num_subdomains))
-    todo = config.decomposition.num_subdomains - done
-    if config.tune is None and todo > 0:
-        pool = start_pool(todo, check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain), res.cpus_per_subdomain, res.gpus_per_subdomain)
+    todo = config.decomposition.num_subdomains - done if config.tune is None else 0
+    # a service's warm workers: this job takes those it can use and frees the others for its own processes
+    warm = take_workers(res.cpus_per_subdomain, res.gpus_per_subdomain, todo)
+    if todo > 0:
+        slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
+        pool = start_pool(todo, slots, res.cpus_per_subdomain, res.gpus_per_subdomain, warm=warm)
     # this process fits the DNN later: its first optimizer step's imports happen now, in a thread of
     # their own, so neither the workers' start nor the driver's next step waits for them
     threading.Thread(target=warm_up, name="ddray-warm-up", daemon=True).start()
@@ -232,7 +236,8 @@ def _run_on_ray(
 
     local_started = time.perf_counter()
     todo = [s for s in subdomains if s.index not in finished]
-    tracker.phase("local_training", subdomains=len(subdomains), to_train=len(todo), workers=min(slots, max(1, len(todo))))
+    warm = pool.warm if pool is not None else 0
+    tracker.phase("local_training", subdomains=len(subdomains), to_train=len(todo), workers=min(slots, max(1, len(todo))), warm_workers=warm)
 
     # a resumed run adds the local-phase time of earlier sessions (up to their last finished
     # subdomain), so its speed-ups stay honest
@@ -305,6 +310,7 @@ def _run_on_ray(
         "aggregation": aggregation,
         **extra,
         "timings_s": timings,
+        "workers": {"warm": warm},  # of the local phase's workers, how many a service had started before the job
         # class_names are read by predict; the fingerprint (sha256 of every split's model inputs and
         # labels) tells whether two runs trained on the same data
         "dataset": {**dataset.summary(), "fingerprint": dataset.fingerprint()},

@@ -115,6 +115,7 @@ class PoolStart:
     gpus: float
     queue: Any
     starting: dict  # where-ref -> actor, not known to be up yet
+    warm: int = 0  # of them taken already started from the service's warm pool
 
 
 def progress_queue() -> Queue:
@@ -139,12 +140,19 @@ def start_worker(cpus: float, gpus: float, starting: dict) -> Any:
     return worker
 
 
-def start_pool(tasks: int, slots: int, cpus: float, gpus: float) -> PoolStart:
-    """Start the workers ``run_local_phase`` will use for ``tasks`` subdomains, without waiting for them."""
-    starting: dict = {}
-    for _ in range(pool_size(tasks, slots, cpus, gpus)):
+def start_pool(tasks: int, slots: int, cpus: float, gpus: float, warm: list | tuple = ()) -> PoolStart:
+    """Start the workers ``run_local_phase`` will use for ``tasks`` subdomains, without waiting for them.
+
+    ``warm``: workers asking (cpus, gpus) started earlier (the service's warm pool); they are
+    used first, and only the rest is started here.
+    """
+    size = pool_size(tasks, slots, cpus, gpus)
+    starting: dict = {worker.where.remote(): worker for worker in warm[:size]}
+    for extra in warm[size:]:
+        ray.kill(extra)
+    for _ in range(size - len(starting)):
         start_worker(cpus, gpus, starting)
-    return PoolStart(cpus, gpus, progress_queue(), starting)
+    return PoolStart(cpus, gpus, progress_queue(), starting, warm=min(size, len(warm)))
 
 
 @dataclass

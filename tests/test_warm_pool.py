@@ -1,0 +1,110 @@
+"""The warm worker pool: workers started before a job, taken by its driver, never left holding CPUs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ddray.config import parse_config
+from ddray.orchestration import warm_pool
+from ddray.orchestration.driver import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.ray
+
+
+def free_cpus(ray, expected: float, timeout: float = 60.0) -> float:
+    """Available CPUs once they reach ``expected`` (killed actors give theirs back within a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        free = ray.available_resources().get("CPU", 0.0)
+        if free == expected or time.monotonic() > deadline:
+            return free
+        time.sleep(0.2)
+
+
+@pytest.fixture()
+def pool(ray_cluster):
+    handle = warm_pool.pool(create=True)
+    yield handle
+    ray_cluster.get(handle.drain.remote())
+    ray_cluster.kill(handle)
+    assert free_cpus(ray_cluster, 2.0) == 2.0, "a test left workers holding CPUs"
+
+
+def test_taken_workers_are_started_and_the_rest_freed(ray_cluster, pool):
+    ray = ray_cluster
+    assert ray.get(pool.fill.remote(2, 1.0, 0.0)) == 2
+    assert free_cpus(ray, 0.0) == 0.0  # idle workers hold their CPUs, as any actor does
+
+    taken = warm_pool.take_workers(1.0, 0.0, 1)
+    assert len(taken) == 1
+    where = ray.get(taken[0].where.remote(), timeout=60)
+    assert where["pid"] > 0
+    assert free_cpus(ray, 1.0) == 1.0  # the worker not taken was killed: its CPU is free for the job
+    assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 1}
+    ray.kill(taken[0])
+    assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}  # dead workers are forgotten
+
+
+def test_a_job_of_another_shape_frees_every_idle_worker(ray_cluster, pool):
+    ray = ray_cluster
+    ray.get(pool.fill.remote(2, 1.0, 0.0))
+    assert warm_pool.take_workers(2.0, 0.0, 1) == []  # a job asking 2 CPUs per subdomain cannot use them
+    assert free_cpus(ray, 2.0) == 2.0
+    ray.get(pool.fill.remote(1, 1.0, 0.0))
+    assert warm_pool.take_workers(1.0, 0.0, 0) == []  # a Tune search (count 0) takes none and frees all
+    assert free_cpus(ray, 2.0) == 2.0
+
+
+def test_workers_of_a_driver_that_died_are_killed(ray_cluster, pool):
+    ray = ray_cluster
+    ray.get(pool.fill.remote(1, 1.0, 0.0))
+    gcs = ray.get_runtime_context().gcs_address
+    code = (
+        "import os, ray\n"
+        f"ray.init(address={gcs!r}, logging_level='ERROR')\n"
+        "from ddray.orchestration import warm_pool\n"
+        "taken = warm_pool.take_workers(1.0, 0.0, 1)\n"
+        "print(len(taken), flush=True)\n"
+        "os._exit(0)  # dies without killing the worker it took\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.strip() == "1", out.stderr[-2000:]
+    assert free_cpus(ray, 1.0, timeout=5) == 1.0  # the orphan still holds its CPU ...
+    ray.get(pool.fill.remote(0, 1.0, 0.0))  # ... until the next fill finds its driver gone
+    assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}
+    assert free_cpus(ray, 2.0) == 2.0
+
+
+def test_a_run_trains_on_the_warm_workers(ray_cluster, pool, tmp_path):
+    ray = ray_cluster
+    ray.get(pool.fill.remote(2, 1.0, 0.0))
+    config = parse_config({
+        "dataset": {"source": "synthetic", "kind": "count", "samples": 160, "size": [8, 8]},
+        "decomposition": {"grid": [2, 2]},
+        "local_model": {"width": 0.25},
+        "training": {"epochs": 1, "batch_size": 32},
+        "aggregation": {"methods": ["average"]},
+    })
+    results = run(config, tmp_path / "run")
+    assert results["workers"] == {"warm": 2}
+    assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}  # the run killed what it took
+    assert free_cpus(ray, 2.0) == 2.0
+
+
+def test_a_run_without_a_pool_starts_its_own_workers(ray_cluster, tmp_path):
+    assert warm_pool.pool() is None
+    config = parse_config({
+        "dataset": {"source": "synthetic", "kind": "count", "samples": 160, "size": [8, 8]},
+        "decomposition": {"grid": [1, 2]},
+        "local_model": {"width": 0.25},
+        "training": {"epochs": 1, "batch_size": 32},
+        "aggregation": {"methods": ["vote"]},
+    })
+    assert run(config, tmp_path / "run")["workers"] == {"warm": 0}
