@@ -10,7 +10,9 @@ import argparse
 import json
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from rich.console import Console
 
@@ -90,7 +92,6 @@ def fresh_output(base: Path) -> Path:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     from ddray.config import load_config
-    from ddray.orchestration.driver import run
 
     if args.resume:
         from ddray.run_dir import RunDir
@@ -103,16 +104,33 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     else:
         console.print("[red]error[/]: give a CONFIG file or --resume RUN_DIR")
         return EXIT_BAD_INPUT
-    run(config, output, args.run_id, address=args.address, resume=bool(args.resume), num_cpus=args.num_cpus)
+    with _early_ray(args) as run:
+        run(config, output, args.run_id, address=args.address, resume=bool(args.resume), num_cpus=args.num_cpus)
     return 0
 
 
+@contextmanager
+def _early_ray(args: argparse.Namespace) -> Iterator[Any]:
+    """The config is valid: Ray starts now, while this process imports torch and the driver
+    (seconds each, spent mostly apart from each other); the driver's session continues the start.
+    Yields the driver's ``run``."""
+    from ddray.orchestration.session import discard_early, start_early
+
+    start_early(args.address, num_cpus=args.num_cpus)
+    try:
+        from ddray.orchestration.driver import run
+
+        yield run
+    finally:
+        discard_early()  # a run that failed before it reached Ray leaves no Ray running
+
+
 def _demo(args: argparse.Namespace, console: Console) -> int:
-    from ddray.orchestration.driver import run
     from ddray.presets import demo_config
 
     output = Path(args.output) if args.output else fresh_output(Path("runs") / "demo")
-    run(demo_config(), output, address=args.address, num_cpus=args.num_cpus)
+    with _early_ray(args) as run:
+        run(demo_config(), output, address=args.address, num_cpus=args.num_cpus)
     return 0
 
 

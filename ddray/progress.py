@@ -64,7 +64,9 @@ class ProgressTracker:
             entry["best_val_accuracy"] = acc
         self.state["updated"] = time.time()
         self._render(key, entry, event)
-        self._write(force=event.get("status") in ("done", "failed", "restored", "retrying"))
+        # a subdomain's first epoch is written at once too: it is when a job is seen to train
+        first_epoch = event.get("status") == "running" and event.get("epoch") == 1
+        self._write(force=first_epoch or event.get("status") in ("done", "failed", "restored", "retrying"))
 
     def _render(self, key: str, entry: dict, event: dict) -> None:
         epoch, epochs = entry.get("epoch", 0), entry.get("epochs", 0)

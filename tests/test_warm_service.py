@@ -50,7 +50,6 @@ def test_jobs_train_on_warm_workers_and_a_search_is_not_blocked_by_them(tmp_path
             search = {**tiny_job(epochs=1), "tune": {"num_samples": 1, "space": {"lr": {"choice": [0.01]}}}}
             job = finished(c.post("/jobs", json={"config": search}).json()["id"])
             assert job["status"] == "succeeded", job.get("error")
-
     finally:
         svc.stop()
         cleanup_state(tmp_path / "state", svc.token)

@@ -14,6 +14,58 @@ import ray
 log = logging.getLogger(__name__)
 
 
+class _Start:
+    """Ray's start in a thread of its own that stays alive while the session lasts.
+
+    Ray binds the GCS and raylet it starts to their creator with PR_SET_PDEATHSIG, which
+    Linux fires when that *thread* ends: so the thread waits until the session closes.
+    """
+
+    def __init__(self, address: str | None, num_cpus: int | None, num_gpus: int | None):
+        self.key = (address, num_cpus, num_gpus)
+        self.owned = not ray.is_initialized()
+        self.error: BaseException | None = None
+        self.ready, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ddray-ray-session", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self.owned:
+                _init(*self.key)
+        except BaseException as err:  # noqa: BLE001 - handed to the session's wait()
+            self.error = err
+        finally:
+            self.ready.set()
+        self._done.wait()
+
+    def close(self) -> None:
+        self.ready.wait()
+        try:
+            if self.owned and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            self._done.set()
+            self._thread.join()
+
+
+_early: list[_Start] = []
+
+
+def start_early(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Begin Ray's start now, before the caller's heavy imports (torch): the next :func:`ray_session`
+    with the same arguments continues it instead of starting Ray then. Ray's start is mostly
+    waiting on processes it spawns, so it overlaps the imports well."""
+    if not _early and not ray.is_initialized():
+        _early.append(_Start(address, num_cpus, num_gpus))
+
+
+def discard_early() -> None:
+    """Stop an early start no session took (the run failed before it reached Ray)."""
+    while _early:
+        _early.pop().close()
+
+
 @contextmanager
 def ray_session(
     address: str | None = None,
@@ -30,52 +82,37 @@ def ray_session(
     (None without ``then``), and puts the caller's SIGTERM handler back. A failed ``then`` is not
     an error (it returns None; the caller checks again); a failed start is raised by ``wait()``.
     """
-    owned = not ray.is_initialized()
-    outcome: dict[str, Any] = {}
     previous_sigterm = signal.getsignal(signal.SIGTERM)
-    ready, done = threading.Event(), threading.Event()
+    start = _early.pop() if _early else None
+    if start is not None and start.key != (address, num_cpus, num_gpus):
+        start.close()  # started for other arguments: not this session's Ray
+        start = None
+    start = start or _Start(address, num_cpus, num_gpus)
+    outcome: dict[str, Any] = {}
 
-    def start() -> None:
-        try:
-            if owned:
-                _init(address, num_cpus, num_gpus)
-        except BaseException as err:  # noqa: BLE001 - handed to wait()
-            outcome["error"] = err
-        else:
-            if then is not None:
-                try:
-                    outcome["value"] = then()
-                except Exception as err:  # noqa: BLE001 - an optimisation only
-                    log.debug("ahead-of-time step after the Ray start failed: %s", err)
-        finally:
-            ready.set()
+    def after_start() -> None:
+        start.ready.wait()
+        if start.error is None and then is not None:
+            try:
+                outcome["value"] = then()
+            except Exception as err:  # noqa: BLE001 - an optimisation only
+                log.debug("ahead-of-time step after the Ray start failed: %s", err)
 
-    def run_and_stay() -> None:
-        # The thread that starts Ray must outlive the session: Ray binds the GCS and raylet it starts
-        # to their creator with PR_SET_PDEATHSIG, which Linux fires when that *thread* ends.
-        start()
-        done.wait()
-
-    thread = threading.Thread(target=run_and_stay, name="ddray-ray-session", daemon=True)
-    thread.start()
+    follow = threading.Thread(target=after_start, name="ddray-after-ray-start", daemon=True)
+    follow.start()
 
     def wait() -> Any:
-        ready.wait()
+        follow.join()
         _restore_sigterm(previous_sigterm)
-        if "error" in outcome:
-            raise outcome["error"]
+        if start.error is not None:
+            raise start.error
         return outcome.get("value")
 
     try:
         yield wait
     finally:
-        ready.wait()
-        try:
-            if owned and ray.is_initialized():
-                ray.shutdown()
-        finally:
-            done.set()
-            thread.join()
+        follow.join()
+        start.close()
 
 
 def _restore_sigterm(handler: Any) -> None:
