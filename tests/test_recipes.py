@@ -287,7 +287,7 @@ def test_a_run_trains_local_cnns_and_the_global_baseline_with_the_recipe(ray_clu
     out = tmp_path / "run"
     run(config, out)
     cosine = [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
-    local = checkpoint_history(out / "checkpoints" / "local" / "sub001.pt")
+    local = checkpoint_history(RunDir(out).state_file(1))  # the subdomain's resumable state
     assert [h["lr"] for h in local] == pytest.approx(cosine)
     assert RunDir(out).load_local_model(1)[1].recipe == RecipeSpec("cosine", augment=AugmentSpec(flip=True))
     baseline = json.loads((out / "baselines" / "global.json").read_text())
