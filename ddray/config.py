@@ -87,7 +87,18 @@ class LocalModelConfig(_Section):
         return name
 
 
+class AugmentConfig(_Section):
+    """Random changes to each training batch, drawn per sample from the run's seed; validation and test data are never changed."""
+
+    flip: bool = Field(False, description="mirror a random half of the samples left-right (the last axis)")
+    crop_padding: int = Field(
+        0, ge=0, description="pad every side by this many pixels, then crop a random window of the original size (CIFAR: 4)"
+    )
+
+
 class TrainingConfig(_Section):
+    """How local CNNs, comparison models and Tune trials train (recipe keys: docs/recipes.md)."""
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.003, gt=0.0)
@@ -97,6 +108,18 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(
         1, ge=1, description="epochs between resumable checkpoints of a local CNN (a restarted worker redoes at most "
         "checkpoint_every - 1 epochs); raise it when checkpoints go to a bucket and epochs are short"
+    )
+    schedule: Literal["none", "cosine", "step"] = Field(
+        "none", description="learning rate per epoch: constant, cosine annealing to 0 over the epochs, or step decay"
+    )
+    step_size: int = Field(10, ge=1, description="schedule 'step': epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="schedule 'step': factor applied to the lr at each decay")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="training steps under autocast in bf16 or fp16 (fp16 with a gradient scaler); evaluation stays float32"
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many epochs without a better validation accuracy (the best epoch's weights are kept)"
     )
 
 

@@ -191,6 +191,7 @@ def train_baseline(
         seed=spec.seed * 7919 + rank,
         device=device,
         callbacks=callbacks,
+        recipe=spec.recipe,  # the run's recipe: the comparison trains as the local CNNs do
     )
     best_epoch, best_val = outcome.best_epoch, outcome.best_val_accuracy
     if start_state is not None and start_val is not None and start_val >= best_val:

@@ -175,6 +175,7 @@ def train_subdomain(
         callbacks=callbacks,
         checkpoint_path=checkpoint_path,
         checkpoint_every=spec.checkpoint_every,
+        recipe=spec.recipe,
     )
     probabilities = {split: predict_proba(model, data[f"x_{split}"]) for split in SPLITS}
     _, test_acc = evaluate(model, data["x_test"], data["y_test"])

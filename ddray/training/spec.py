@@ -19,6 +19,8 @@ import torch
 from ddray.config import TUNABLE, ConfigError, RunConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+PRECISIONS = ("fp32", "bf16", "fp16")
 BASELINE_NAMES = ("global", "coherent", "transfer")
 
 
@@ -96,6 +98,53 @@ class DeviceRequest:
 
 
 @dataclass(frozen=True)
+class AugmentSpec:
+    """Random changes to each training batch (never to validation or test data): a horizontal flip, a pad-and-crop shift."""
+
+    flip: bool = False
+    crop_padding: int = 0  # pixels of zero padding (the training mean after ddray's preprocessing) before a random crop
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.flip, bool), f"training.augment.flip must be true or false, got {self.flip!r}")
+        _require(self.crop_padding >= 0, f"training.augment.crop_padding {self.crop_padding} must be >= 0 (0: no random crop)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.crop_padding > 0
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """How a training runs beyond the optimizer: learning-rate schedule, augmentation, precision, early stopping.
+
+    The defaults are the plain loop (constant lr, no augmentation, float32, every epoch run), so a
+    config without these keys trains exactly as before they existed.
+    """
+
+    schedule: str = "none"
+    step_size: int = 10  # schedule "step": epochs between lr decays
+    gamma: float = 0.1  # schedule "step": lr factor per decay
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    precision: str = "fp32"
+    early_stopping_patience: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}': set training.schedule to one of {', '.join(SCHEDULES)}")
+        _require(self.step_size >= 1, f"training.step_size {self.step_size} must be >= 1 (epochs between lr decays)")
+        _require(0 < self.gamma <= 1, f"training.gamma {self.gamma:g} must be in (0, 1] (the lr factor per step)")
+        _require(self.precision in PRECISIONS, f"unknown precision '{self.precision}': set training.precision to one of {', '.join(PRECISIONS)}")
+        patience = self.early_stopping_patience
+        _require(patience is None or patience >= 1, f"training.early_stopping_patience {patience} must be >= 1 epoch, or unset")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "RecipeSpec":
+        """From :meth:`TrainingSpec.to_dict`'s ``recipe``; keys missing (older runs) take the defaults."""
+        data = dict(data or {})
+        augment = AugmentSpec(**data.pop("augment", None) or {})
+        return cls(augment=augment, **data)
+
+
+@dataclass(frozen=True)
 class TrainingSpec:
     """One model's training: what to build, how to optimise it, for how long, with which seed."""
 
@@ -106,6 +155,7 @@ class TrainingSpec:
     seed: int = 0
     device: DeviceRequest = field(default_factory=DeviceRequest)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
+    recipe: RecipeSpec = field(default_factory=RecipeSpec)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}: set training.epochs (or tune.space.epochs)")
@@ -131,12 +181,16 @@ class TrainingSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSpec":
-        """From :meth:`to_dict`, or from the flat ``settings`` dict that ddray 0.1 runs saved."""
+        """From :meth:`to_dict`, or from the flat ``settings`` dict that ddray 0.1 runs saved.
+
+        Specs saved before recipes existed have no ``recipe``: they trained with the default one.
+        """
         if isinstance(data.get("model"), Mapping):
             return cls(
                 model=ModelSpec(**data["model"]),
                 optimizer=OptimizerSpec(**data.get("optimizer", {})),
                 device=DeviceRequest(**data.get("device", {})),
+                recipe=RecipeSpec.from_dict(data.get("recipe")),
                 **{f.name: data[f.name] for f in fields(cls) if f.name in ("epochs", "batch_size", "seed", "checkpoint_every") and f.name in data},
             )
         return cls(  # ddray 0.1 (LocalSettings / BaselineSettings fields, flat)
@@ -220,8 +274,22 @@ def training_spec(
         seed=config.seed,
         device=DeviceRequest(config.resources.gpus_per_subdomain, config.resources.require_cuda) if baseline is None else DeviceRequest(),
         checkpoint_every=t.checkpoint_every,
+        recipe=recipe_spec(config),
     )
     return spec.with_overrides(overrides)
+
+
+def recipe_spec(config: RunConfig) -> RecipeSpec:
+    """The one recipe of a run: local CNNs, Tune trials and comparison models all train with it."""
+    t = config.training
+    return RecipeSpec(
+        schedule=t.schedule,
+        step_size=t.step_size,
+        gamma=t.gamma,
+        augment=AugmentSpec(t.augment.flip, t.augment.crop_padding),
+        precision=t.precision,
+        early_stopping_patience=t.early_stopping_patience,
+    )
 
 
 def dnn_spec(config: RunConfig, *, num_subdomains: int, num_classes: int) -> DNNSpec:
