@@ -230,7 +230,8 @@ def plot_subdomain_accuracy(results: dict[str, Any], path: Path) -> None:
         ax.set_ylim(height, 0)  # row 0 at the top, as in the image
         ax.set_aspect("equal")
         ax.set_xlabel("width (px)")
-        ax.set_ylabel("height (px)")
+        if n % per_row == 0:
+            ax.set_ylabel("height (px)")
         ax.set_title(f"depth slice {n}" if len(grid) == 3 else f"grid {grid}")
     if mesh is not None:
         fig.colorbar(mesh, ax=axes.ravel().tolist(), label="local CNN test accuracy", shrink=0.8)
