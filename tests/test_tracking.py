@@ -168,3 +168,39 @@ def test_mlflow_run_logged_to_a_file_tracking_uri(tmp_path, monkeypatch, caplog)
     (again,) = client.search_runs([run.info.experiment_id])
     assert again.info.run_id == run.info.run_id and again.info.status == "KILLED"
     assert "local/sub001/train_loss" in again.data.metrics
+
+
+@pytest.mark.ray
+def test_a_real_run_leaves_event_files_pictures_and_an_mlflow_run(ray_cluster, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from ddray.orchestration.driver import run
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = parse_config(
+        {
+            "dataset": {"source": "digits"},
+            "decomposition": {"grid": [2, 2], "overlap": 0},
+            "local_model": {"name": "small_cnn", "width": 0.25},
+            "training": {"epochs": 2, "batch_size": 128},
+            "aggregation": {"dnn": {"hidden": [16], "epochs": 4}},
+            "resources": {"cpus_per_subdomain": 1, "gpus_per_subdomain": 0},
+        }
+    )
+    out = tmp_path / "run"
+    results = run(config, out, run_id="tracking-e2e")
+    for i in range(4):
+        assert [s for s, _ in _events(out / "tensorboard" / "local" / f"sub{i:03d}")["accuracy/val"]] == [1, 2]
+    dnn = _events(out / "tensorboard" / "dnn")
+    assert [s for s, _ in dnn["loss/train"]] == [1, 2, 3, 4]
+    assert dnn["accuracy/test"] == [(4, pytest.approx(results["aggregation"]["dnn"]["test_accuracy"]))]
+    for name in ("learning_curves.png", "confusion_matrix.png", "subdomain_accuracy.png", "accuracy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    client = MlflowClient(uri)
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("ddray").experiment_id])
+    assert mlflow_run.info.run_name == "tracking-e2e" and mlflow_run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "local/sub003/val_accuracy")] == [1, 2]
+    assert {"results.json", "confusion_matrix.png", "subdomain_accuracy.png"} <= {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
