@@ -13,6 +13,7 @@ are pure numpy, so tests check where values go without reading pixels.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,6 +26,8 @@ CONFUSION_PNG = "confusion_matrix.png"
 SUBDOMAIN_PNG = "subdomain_accuracy.png"
 KIND_COLORS = {"local": "#9bb7d4", "aggregation": "#2a6f97", "baseline": "#e07a5f"}
 BASELINE_COLORS = {"global": "#e07a5f", "coherent": "#81b29a", "transfer": "#9c6ade"}
+
+log = logging.getLogger(__name__)
 
 
 def _pyplot():
@@ -247,15 +250,21 @@ def write_pictures(
     confusion: np.ndarray | None = None,
 ) -> list[Path]:
     """learning_curves.png (when any history is known), confusion_matrix.png (when the DNN's is given) and
-    subdomain_accuracy.png; the paths written."""
-    written = []
+    subdomain_accuracy.png; the paths written. These are diagnostics, never a reason to lose a trained
+    run: a picture that fails is a logged warning, and the others are still drawn."""
+    todo = []
     if histories and any(histories.get(k) for k in ("local", "dnn", "baselines")):
-        plot_learning_curves(histories, out_dir / LEARNING_CURVES_PNG)
-        written.append(out_dir / LEARNING_CURVES_PNG)
+        todo.append((LEARNING_CURVES_PNG, lambda path: plot_learning_curves(histories, path)))
     if confusion is not None:
-        plot_confusion(confusion, out_dir / CONFUSION_PNG, (results.get("dataset") or {}).get("class_names") or ())
-        written.append(out_dir / CONFUSION_PNG)
+        names = (results.get("dataset") or {}).get("class_names") or ()
+        todo.append((CONFUSION_PNG, lambda path: plot_confusion(confusion, path, names)))
     if results.get("local"):
-        plot_subdomain_accuracy(results, out_dir / SUBDOMAIN_PNG)
-        written.append(out_dir / SUBDOMAIN_PNG)
+        todo.append((SUBDOMAIN_PNG, lambda path: plot_subdomain_accuracy(results, path)))
+    written = []
+    for name, draw in todo:
+        try:
+            draw(out_dir / name)
+            written.append(out_dir / name)
+        except Exception as err:  # noqa: BLE001 - see above
+            log.warning("ddray: drawing %s failed (%s: %s); the run goes on without it", name, type(err).__name__, err)
     return written

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import platform
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +21,6 @@ PLOT_FILE = plots.ACCURACY_PNG
 TABLE_MD = "results.md"
 TABLE_CSV = "results.csv"
 
-log = logging.getLogger(__name__)
-
 
 def write_reports(
     results: dict[str, Any], out_dir: Path, histories: Mapping[str, Any] | None = None, confusion: np.ndarray | None = None
@@ -32,15 +29,11 @@ def write_reports(
 
     The tables and accuracy.png are the run's summary: failing to write them fails the run. The
     diagnostic pictures (learning curves from ``histories``, the DNN's ``confusion`` matrix, the
-    per-subdomain heat map; :func:`ddray.plots.write_pictures`) are never a reason to lose a trained
-    run: a failure is logged as a warning.
+    per-subdomain heat map; :func:`ddray.plots.write_pictures`) only warn when they fail.
     """
     write_tables(results, out_dir)
     plots.plot_accuracy(results, comparison_rows(results), out_dir / PLOT_FILE)
-    try:
-        plots.write_pictures(results, out_dir, histories, confusion)
-    except Exception as err:  # noqa: BLE001 - pictures never fail a run
-        log.warning("ddray: drawing learning curves / confusion matrix / subdomain heat map failed: %s: %s", type(err).__name__, err)
+    plots.write_pictures(results, out_dir, histories, confusion)
 
 
 def write_in_background(results: dict[str, Any], out_dir: Path, tracking: "Tracking | None" = None) -> Future:

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "val_accuracy": "accuracy/val", "epoch_seconds": "time/epoch_seconds"}
 TEST_TAG = "accuracy/test"
 ARTIFACTS = ("results.json", "results.md", "results.csv", "accuracy.png", LEARNING_CURVES_PNG, CONFUSION_PNG, SUBDOMAIN_PNG)
-DRAIN_TIMEOUT_S = 120.0  # the end of a run waits at most this long for tracking (a slow MLflow server)
+DRAIN_TIMEOUT_S = 120.0  # a finished run waits at most this long for tracking (a slow MLflow server)
+CLOSE_TIMEOUT_S = 15.0  # a failed or cancelled run, this long
 History = Sequence[Mapping[str, Any]]
 
 
@@ -199,7 +200,8 @@ class Tracking:
         self._mlflow_id: str | None = record.get("mlflow_run_id")
         self._warned: set[str] = set()
         self._jobs: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, name="ddray-tracking", daemon=True).start()
+        self._thread = threading.Thread(target=self._work, name="ddray-tracking", daemon=True)
+        self._thread.start()
         if os.environ.get("MLFLOW_TRACKING_URI"):
             if find_spec("mlflow") is None:
                 self._warn("mlflow", "MLFLOW_TRACKING_URI is set but MLflow is not installed, so this run is not "
@@ -238,12 +240,12 @@ class Tracking:
         """The run is done and its pictures are drawn: final metrics and artifacts to MLflow; waits for every write."""
         artifacts = [out_dir / name for name in ARTIFACTS if (out_dir / name).exists()]
         self._submit("mlflow", lambda: self.mlflow and self.mlflow.finish(final_metrics(results), artifacts))
-        self._drain()
+        self._drain(DRAIN_TIMEOUT_S)
 
     def close(self, status: str = "FAILED") -> None:
         """The run failed (``FAILED``) or was cancelled (``KILLED``): end the MLflow run so; waits for every write."""
         self._submit("mlflow", lambda: self.mlflow and self.mlflow.end(status))
-        self._drain()
+        self._drain(CLOSE_TIMEOUT_S)
 
     # ------------------------------------------------------------ in the tracking thread
 
@@ -285,7 +287,10 @@ class Tracking:
 
     def _work(self) -> None:
         while True:
-            sink, fn, args = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:  # finished or closed: the thread ends
+                return
+            sink, fn, args = job
             try:
                 fn(*args)
             except Exception as err:  # noqa: BLE001 - tracking never fails a run
@@ -293,9 +298,12 @@ class Tracking:
             finally:
                 self._jobs.task_done()
 
-    def _drain(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
+    def _drain(self, timeout: float) -> None:
+        """Wait for every write so far (at most ``timeout`` s), then let the thread end; later calls do nothing."""
         done = threading.Event()
         self._submit("tracking", done.set)
+        self._jobs.put(None)
+        self._submit = lambda *job: None  # type: ignore[method-assign]
         if not done.wait(timeout):
             self._warn("timeout", f"tracking still busy after {timeout:.0f} s (a slow MLflow server?); the run goes on without it")
 

@@ -112,10 +112,13 @@ def test_write_reports_draws_everything_and_a_failed_picture_only_warns(tmp_path
     def broken(*args, **kwargs):
         raise ValueError("no ink")
 
-    monkeypatch.setattr(plots, "plot_confusion", broken)
-    with caplog.at_level(logging.WARNING, logger="ddray.report"):
-        report.write_reports(results, tmp_path, None, np.eye(3, dtype=int))
-    assert "no ink" in caplog.text
+    monkeypatch.setattr(plots, "plot_learning_curves", broken)
+    for name in ("learning_curves.png", "subdomain_accuracy.png"):
+        (tmp_path / name).unlink()
+    with caplog.at_level(logging.WARNING, logger="ddray.plots"):
+        report.write_reports(results, tmp_path, {"dnn": _history(3)}, np.eye(3, dtype=int))
+    assert "learning_curves.png failed (ValueError: no ink)" in caplog.text
+    assert (tmp_path / "subdomain_accuracy.png").exists()  # the other pictures are still drawn
     monkeypatch.setattr(plots, "plot_accuracy", broken)  # the run's summary still fails loudly
     with pytest.raises(ValueError, match="no ink"):
         report.write_reports(results, tmp_path)

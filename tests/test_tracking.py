@@ -118,6 +118,9 @@ def test_tracking_never_fails_the_run(tmp_path, monkeypatch, caplog):
         t.finish(_results(), run_dir.root)
     assert caplog.text.count("disk full") == 1  # once per sink, not per model
     assert json.loads(run_dir.tracking.read_text())["histories"]["local"]["1"]  # the other sinks go on
+    t._thread.join(5)
+    assert not t._thread.is_alive()  # a finished run leaves no thread behind (ddray.run in a notebook, many times)
+    t.local(2, HISTORY)  # after the end: ignored, never raises
 
 
 def test_mlflow_set_but_not_installed_warns_once(tmp_path, monkeypatch, caplog):
