@@ -85,14 +85,15 @@ def train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec:
 
 def aggregate(
     methods: Sequence[str], probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], dnn: DNNSpec | None = None
-) -> tuple[dict[str, Any], torch.nn.Module | None]:
-    """Every aggregation method of a run on its stacked local probabilities: (results['aggregation'], the DNN).
+) -> tuple[dict[str, Any], DNNOutcome | None]:
+    """Every aggregation method of a run on its stacked local probabilities: (results['aggregation'], the
+    trained DNN's outcome: model, per-epoch history in ``fit.history``, test probabilities).
 
     In the driver's own process: the DNN is small (subdomains x classes inputs), so fitting it
     here costs its fit and nothing else, where a Ray task would first start a process and import torch.
     """
     out: dict[str, Any] = {}
-    model = None
+    trained = None
     for method in methods:
         if method == "average":
             out["average"] = {"test_accuracy": accuracy(average_predict(probs["test"]), labels["test"]), "parameters": 0}
@@ -102,8 +103,7 @@ def aggregate(
             if dnn is None:
                 raise ValueError("the dnn method needs a DNNSpec")
             started = time.perf_counter()
-            outcome = train_dnn(probs, labels, dnn)
-            model = outcome.model
+            outcome = trained = train_dnn(probs, labels, dnn)
             out["dnn"] = {
                 "test_accuracy": outcome.test_accuracy,
                 "validation_accuracy": outcome.fit.best_val_accuracy,
@@ -114,4 +114,4 @@ def aggregate(
             }
         else:
             raise ValueError(f"unknown aggregation method '{method}'; known: dnn, average, vote")
-    return out, model
+    return out, trained

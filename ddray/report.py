@@ -1,32 +1,59 @@
-"""What a finished run leaves behind: results.json, a table, and a plot."""
+"""What a finished run leaves behind: results.json, tables, and the pictures of :mod:`ddray.plots`."""
 
 from __future__ import annotations
 
 import platform
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ddray import plots
+
+if TYPE_CHECKING:
+    from ddray.tracking import Tracking
+
 RESULTS_FILE = "results.json"
-PLOT_FILE = "accuracy.png"
+PLOT_FILE = plots.ACCURACY_PNG
 TABLE_MD = "results.md"
 TABLE_CSV = "results.csv"
 
 
-def write_reports(results: dict[str, Any], out_dir: Path) -> None:
-    """The tables (results.md, results.csv) and the plot of a run whose results.json is written."""
+def write_reports(
+    results: dict[str, Any], out_dir: Path, histories: Mapping[str, Any] | None = None, confusion: np.ndarray | None = None
+) -> None:
+    """The tables (results.md, results.csv) and pictures of a run whose results.json is written.
+
+    The tables and accuracy.png are the run's summary: failing to write them fails the run. The
+    diagnostic pictures (learning curves from ``histories``, the DNN's ``confusion`` matrix, the
+    per-subdomain heat map; :func:`ddray.plots.write_pictures`) only warn when they fail.
+    """
     write_tables(results, out_dir)
-    plot_accuracy(results, out_dir / PLOT_FILE)
+    plots.plot_accuracy(results, comparison_rows(results), out_dir / PLOT_FILE)
+    plots.write_pictures(results, out_dir, histories, confusion)
 
 
-def write_in_background(results: dict[str, Any], out_dir: Path) -> Future:
-    """:func:`write_reports` in a thread (pandas and matplotlib take a second or two to import and draw);
-    the caller goes on (shutting Ray down) and waits on the returned future before it is done."""
+def write_in_background(results: dict[str, Any], out_dir: Path, tracking: "Tracking | None" = None) -> Future:
+    """:func:`write_reports` in a thread (pandas and matplotlib take a second or two to import and draw),
+    then ``tracking.finish`` (final metrics and the pictures to MLflow); the caller goes on (shutting
+    Ray down) and waits on the returned future before it is done."""
+
+    def work() -> None:
+        if tracking is None:
+            write_reports(results, out_dir)
+            return
+        try:
+            write_reports(results, out_dir, tracking.histories, tracking.confusion)
+        except BaseException:
+            tracking.close("FAILED")
+            raise
+        tracking.finish(results, out_dir)
+
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddray-report")
-    future = executor.submit(write_reports, results, out_dir)
+    future = executor.submit(work)
     executor.shutdown(wait=False)
     return future
 
@@ -201,54 +228,3 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     timings = results.get("timings_s", {})
     if timings:
         console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-
-
-def plot_accuracy(results: dict[str, Any], path: Path) -> None:
-    """Bar charts: test accuracy of every model and, when known, its time to model (with speed-up vs global)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = comparison_rows(results)
-    colors = {"local": "#9bb7d4", "aggregation": "#2a6f97", "baseline": "#e07a5f"}
-    names = [r["model"] for r in rows]
-    timed = [r for r in rows if r.get("time_to_model_s")]
-    panels = 2 if timed else 1
-    width = max(6.0, 0.6 * len(rows) + 2)
-    fig, axes = plt.subplots(1, panels, figsize=(width * panels, 4.2), squeeze=False)
-    ax = axes[0][0]
-    values = [r["test_accuracy"] for r in rows]
-    bars = ax.bar(names, values, color=[colors[r["kind"]] for r in rows])
-    for bar, value in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.3f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel("test accuracy")
-    grid = results.get("config", {}).get("decomposition", {}).get("grid")
-    suffix = " vs baselines" if results.get("baselines") else ""
-    ax.set_title(f"local CNNs vs aggregated decision{suffix} (grid {grid})")
-    ax.tick_params(axis="x", rotation=45)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in colors.items() if any(r["kind"] == k for r in rows)]
-    labels = [k for k in colors if any(r["kind"] == k for r in rows)]
-    ax.legend(handles, labels, loc="lower right")
-    if timed:
-        ax = axes[0][1]
-        t_names = [r["model"] for r in timed]
-        t_values = [r["time_to_model_s"] for r in timed]
-        bars = ax.bar(t_names, t_values, color=[colors[r["kind"]] for r in timed])
-        for bar, row in zip(bars, timed):
-            label = f"{row['time_to_model_s']:.1f}s"
-            if row.get("speedup_vs_global"):
-                label += f"\n{row['speedup_vs_global']:.2f}x"
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=7)
-        ax.set_ylabel("time to model (s)")
-        comparison = results.get("comparison") or {}
-        title = "training wall time (label: speed-up vs global)"
-        if comparison.get("speedup"):
-            title += f"; decomposed pipeline: {comparison['speedup']:.2f}x"
-        ax.set_title(title)
-        ax.set_ylim(0, max(t_values) * 1.25)
-        ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

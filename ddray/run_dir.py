@@ -9,7 +9,9 @@
     RUN/progress.json           live snapshot (phase, per-subdomain epoch/metrics)
     RUN/timings.json            local phase wall time so far (a resumed run adds to it)
     RUN/results.json            final results
-    RUN/results.md, results.csv, accuracy.png
+    RUN/results.md, results.csv, accuracy.png, learning_curves.png, confusion_matrix.png, subdomain_accuracy.png
+    RUN/tensorboard/            per-epoch TensorBoard event files of every model (ddray.tracking, docs/tracking.md)
+    RUN/tracking.json           every model's per-epoch history and the MLflow run id (ddray.tracking)
     RUN/checkpoints/local/subNNN.pt   selected weights of each local CNN, with its TrainingSpec and subdomain
     RUN/checkpoints/dnn.pt            the coarse DNN, with its DNNSpec
     RUN/checkpoints/baselines/NAME.pt a comparison model (global, coherent, transfer), with its BaselineJob
@@ -141,6 +143,14 @@ class RunDir:
     @property
     def tune(self) -> Path:
         return self.root / "tune"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / "tracking.json"
 
     @property
     def run_file(self) -> Path:

@@ -35,6 +35,7 @@ from ddray.orchestration.warm_pool import take_workers
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
 from ddray.storage import is_uri, local_copy, storage_base, write_json
+from ddray.tracking import Tracking
 from ddray.training.local import LocalResult, subdomain_arrays, warm_up
 from ddray.training.spec import dnn_spec, training_spec
 
@@ -130,19 +131,22 @@ def run(
             + (f"; storage {run_dir.storage}" if run_dir.storage else "")
         )
         tracker = ProgressTracker(run_dir.progress, len(subdomains), console)
+        tracking = Tracking(run_dir, config)  # TensorBoard (and MLflow) from each finished model; never fails the run
         try:
             pool = ray_up()
             try:
-                results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started, pool)
+                results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started, pool, tracking)
             finally:
                 discard_pool(pool)  # what the local phase did not use (a joined cluster outlives this run)
-            reports = report.write_in_background(results, run_dir.root)  # while Ray shuts down
+            reports = report.write_in_background(results, run_dir.root, tracking)  # while Ray shuts down
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ddray cancel` (the CLI turns it into this)
             tracker.close("cancelled", error="interrupted; finished subdomains are kept, continue with ddray run --resume")
+            tracking.close("KILLED")
             _save_to_storage(run_dir, console, strict=False)
             raise
         except BaseException as err:
             tracker.close("failed", error=str(err) or type(err).__name__)
+            tracking.close("FAILED")
             _save_to_storage(run_dir, console, strict=False)
             raise
     try:
@@ -219,6 +223,7 @@ def _run_on_ray(
     tracker: ProgressTracker,
     started: float,
     pool: PoolStart | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     res = config.resources
     slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
@@ -258,6 +263,8 @@ def _run_on_ray(
         run_dir.save_local_result(result.subdomain, result.probabilities, summary)  # last: marks it done
         finished[result.subdomain] = (result.probabilities, summary)
         record_local_wall()
+        if tracking is not None:
+            tracking.local(result.subdomain, result.history, result.test_accuracy)
 
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
@@ -292,7 +299,9 @@ def _run_on_ray(
     coarse = dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes) if "dnn" in config.aggregation.methods else None
     aggregation, dnn = aggregate(config.aggregation.methods, probs, labels, coarse)  # in this process: no task to start
     if dnn is not None:
-        run_dir.save_dnn(dnn.state_dict(), coarse)
+        run_dir.save_dnn(dnn.model.state_dict(), coarse)
+        if tracking is not None:
+            tracking.dnn(dnn.fit.history, dnn.test_probabilities.argmax(1), labels["test"], dataset.num_classes, dnn.test_accuracy)
     aggregation_wall = time.perf_counter() - agg_started
 
     timings = {"local_wall": round(local_wall, 3), "aggregation_wall": round(aggregation_wall, 3)}
@@ -302,6 +311,8 @@ def _run_on_ray(
         tracker.phase("baselines", models=config.compare)
         baselines_started = time.perf_counter()
         extra["baselines"] = run_baselines(config, run_dir, dataset, subdomains, data_ref=data_ref)
+        if tracking is not None:
+            tracking.baselines({name: run_dir.baseline_summary(name) for name in extra["baselines"]})
         timings["baselines_wall"] = round(time.perf_counter() - baselines_started, 3)
     timings["total_wall"] = round(time.perf_counter() - started, 3)
 
