@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
 import socket
 import sys
@@ -319,6 +320,8 @@ class JobRunner:
         }
         if self.settings.storage:
             env["DDRAY_STORAGE"] = self.settings.storage
+        # the service's MLflow settings reach its jobs on any cluster (docs/tracking.md)
+        env.update({k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")})
         self.cluster.jobs().submit_job(
             entrypoint=shlex.join(command),
             submission_id=sid,
