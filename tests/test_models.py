@@ -16,6 +16,17 @@ from ddray.models import (
 )
 from ddray.models.registry import model_dims
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on the shared 2-core machine two threads spin against each other (a 0.5 s DNN fit took 37 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 MODELS = list_models()
 SHAPES = {
     2: [(8, 8), (4, 4), (9, 5)],
@@ -32,7 +43,7 @@ def test_builtin_models_registered():
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_backward_any_tile_size(name, spatial_dims):
     if spatial_dims not in model_dims(name):
-        pytest.skip(f"{name} works on {model_dims(name)}-dimensional inputs only (refused at config time, tested below)")
+        pytest.skip(f"{name} works on {'/'.join(map(str, model_dims(name)))}D inputs only (refused at config time, tested below)")
     torch.manual_seed(0)
     model = create_model(name, in_channels=2, num_classes=3, spatial_dims=spatial_dims, width=0.25)
     for shape in SHAPES[spatial_dims]:
