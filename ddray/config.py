@@ -73,7 +73,8 @@ class DecompositionConfig(_Section):
 
 
 class LocalModelConfig(_Section):
-    """The local CNNs' family (the global baseline is the same family at width 1); see docs/models.md."""
+    """The local CNNs' family (the global baseline is the same family at width 1); options are checked
+    against the family by ``RunConfig`` (they may depend on the dimensions), see docs/models.md."""
 
     name: str = "small_cnn"
     width: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["auto"] = Field(
@@ -111,27 +112,11 @@ class LocalModelConfig(_Section):
             raise ValueError(f"{width!r} is neither a number in (0, 1] nor 'auto'")
         return value
 
-    @model_validator(mode="after")
-    def _options_of_the_model(self) -> "LocalModelConfig":
-        from ddray.models.registry import model_options
-
-        declared = model_options(self.name)
-        for key in ("stem", "head"):
-            if getattr(self, key) is not None and key not in declared:
-                raise ValueError(f"local_model.{key} applies to {', '.join(_models_with_option(key))} only, not to '{self.name}'; remove local_model.{key}")
-        return self
-
     def resolved_width(self, num_subdomains: int) -> float:
         """The width the local CNNs are built with: the configured one, or for 'auto' 1/sqrt(N) in (0, 1]."""
         if self.width != "auto":
             return float(self.width)
         return min(1.0, round(1.0 / num_subdomains**0.5, 4))
-
-
-def _models_with_option(key: str) -> list[str]:
-    from ddray.models.registry import list_models, model_options
-
-    return [m for m in list_models() if key in model_options(m)]
 
 
 class TrainingConfig(_Section):
