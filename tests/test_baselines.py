@@ -205,7 +205,7 @@ def test_global_baseline_runs_data_parallel_on_two_workers(compared_run):
 
 
 @pytest.mark.ray
-def test_transfer_starts_from_the_local_weights_and_beats_or_matches_the_dnn(compared_run):
+def test_transfer_starts_from_the_local_weights_and_its_start_scores_as_the_dnn(compared_run):
     results, out = compared_run
     transfer = results["baselines"]["transfer"]
     saved = []
