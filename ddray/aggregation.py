@@ -3,6 +3,12 @@
 ``average`` and ``vote`` are the cheap baselines of arXiv 2408.14442; ``dnn``
 trains the dense coarse network on the local probabilities. All functions
 take probabilities shaped (samples, subdomains, classes).
+
+Which probabilities the DNN learns from is ``DNNSpec.fit_on`` (``aggregation.dnn.fit_on``):
+``train``, the local CNNs' training-set probabilities (they have seen those images, so the
+probabilities are over-confident); or ``val``, held-out probabilities: the validation split is
+cut by a seeded permutation into a fit part (3/4) and a selection part (the last 1/4, at least
+one sample) on which the epoch is chosen. Test is never used for either. See docs/models.md.
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ def average_predict(probs: np.ndarray) -> np.ndarray:
 
 
 def vote_predict(probs: np.ndarray) -> np.ndarray:
-    """Majority of local decisions; ties go to the tied class with the higher mean probability."""
+    """Majority of local decisions (each local CNN votes for its argmax class).
+
+    Tie rule: among the classes with the most votes, the one with the highest mean local
+    probability wins; if that is tied too, the lowest class index. The mean probability is
+    added at half weight, so it can never outweigh a whole vote.
+    """
     n, _, k = probs.shape
     decisions = probs.argmax(axis=2)  # (n, N)
     counts = np.zeros((n, k), dtype=np.float64)
@@ -50,11 +61,29 @@ class DNNOutcome:
     test_probabilities: np.ndarray
     test_accuracy: float
     parameters: int
+    fit_samples: int = 0
+    selection_samples: int = 0
+
+
+VAL_SELECTION_SHARE = 4  # fit_on: val selects the epoch on 1/4 of the validation split
+
+
+def split_validation(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, selection) indices of a validation split of ``n`` samples for ``fit_on: val``."""
+    if n < 4:
+        raise ValueError(
+            f"aggregation.dnn.fit_on: val needs at least 4 validation samples (3 to fit, 1 to select), the data has {n}; "
+            f"raise dataset.validation_fraction or use fit_on: train"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    n_select = max(1, n // VAL_SELECTION_SHARE)
+    return np.sort(order[n_select:]), np.sort(order[:n_select])
 
 
 def train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec: DNNSpec) -> DNNOutcome:
-    """Train the coarse DNN on train-split local probabilities, select on validation, score on test."""
-    n_sub, k = probs["train"].shape[1:]
+    """Train the coarse DNN on the ``spec.fit_on`` split's local probabilities, select the epoch on held-out
+    ones (val, or val's selection part), score on test."""
+    n_sub, k = probs["test"].shape[1:]
     if (n_sub, k) != (spec.num_subdomains, spec.num_classes):
         raise ValueError(f"probabilities for {n_sub} subdomains x {k} classes, the DNN spec expects "
                          f"{spec.num_subdomains} x {spec.num_classes}")
@@ -62,12 +91,18 @@ def train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec:
     model = spec.build()
     tensors = {s: torch.from_numpy(np.array(p, dtype=np.float32, order="C")) for s, p in probs.items()}
     ys = {s: torch.from_numpy(np.array(v, dtype=np.int64)) for s, v in labels.items()}
+    if spec.fit_on == "val":
+        fit_idx, select_idx = (torch.from_numpy(i) for i in split_validation(len(ys["val"]), spec.seed))
+        x_fit, y_fit = tensors["val"][fit_idx], ys["val"][fit_idx]
+        x_sel, y_sel = tensors["val"][select_idx], ys["val"][select_idx]
+    else:
+        x_fit, y_fit, x_sel, y_sel = tensors["train"], ys["train"], tensors["val"], ys["val"]
     result = fit(
         model,
-        tensors["train"],
-        ys["train"],
-        tensors["val"],
-        ys["val"],
+        x_fit,
+        y_fit,
+        x_sel,
+        y_sel,
         epochs=spec.epochs,
         batch_size=spec.batch_size,
         optimizer=spec.optimizer,
@@ -80,6 +115,8 @@ def train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec:
         test_probabilities=test_probs,
         test_accuracy=accuracy(test_probs.argmax(1), labels["test"]),
         parameters=count_parameters(model),
+        fit_samples=len(y_fit),
+        selection_samples=len(y_sel),
     )
 
 
@@ -106,8 +143,11 @@ def aggregate(
             outcome = trained = train_dnn(probs, labels, dnn)
             out["dnn"] = {
                 "test_accuracy": outcome.test_accuracy,
-                "validation_accuracy": outcome.fit.best_val_accuracy,
+                "validation_accuracy": outcome.fit.best_val_accuracy,  # on the selection samples
                 "best_epoch": outcome.fit.best_epoch,
+                "fit_on": dnn.fit_on,
+                "fit_samples": outcome.fit_samples,
+                "selection_samples": outcome.selection_samples,
                 "parameters": outcome.parameters,
                 "train_wall_s": round(time.perf_counter() - started, 3),
                 "fit_seconds": round(outcome.fit.seconds, 3),

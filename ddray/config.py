@@ -7,7 +7,7 @@ before any data is read or any Ray worker starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,8 +73,21 @@ class DecompositionConfig(_Section):
 
 
 class LocalModelConfig(_Section):
+    """The local CNNs' family (the global baseline is the same family at width 1); options are checked
+    against the family by ``RunConfig`` (they may depend on the dimensions), see docs/models.md."""
+
     name: str = "small_cnn"
-    width: float = Field(0.5, gt=0.0, le=1.0, description="fraction of the global model's channels")
+    width: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["auto"] = Field(
+        0.5,
+        description="fraction of the global model's channels; 'auto': 1/sqrt(subdomains), so that the local CNNs "
+        "together have about the global model's parameters (results.json 'parameters' gives the ratio)",
+    )
+    stem: Literal["small", "imagenet"] | None = Field(
+        None, description="resnet18, mobilenet_v2: 'small' (default: stride 1, for small subimages) or 'imagenet' (large images)"
+    )
+    head: Literal["gap", "classic"] | None = Field(
+        None, description="vgg11: 'gap' (default: global average pool, small classifier) or 'classic' (7x7, 4096-4096; 2D)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -85,6 +98,25 @@ class LocalModelConfig(_Section):
         if name not in known:
             raise ValueError(f"unknown model '{name}'; known models: {', '.join(known)}")
         return name
+
+    @field_validator("width", mode="before")
+    @classmethod
+    def _width_or_auto(cls, width: Any) -> Any:
+        if width == "auto":
+            return width
+        try:
+            value = float(width) if not isinstance(width, bool) else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not 0 < value <= 1:  # NaN fails here too
+            raise ValueError(f"{width!r} is neither a number in (0, 1] nor 'auto'")
+        return value
+
+    def resolved_width(self, num_subdomains: int) -> float:
+        """The width the local CNNs are built with: the configured one, or for 'auto' 1/sqrt(N) in (0, 1]."""
+        if self.width != "auto":
+            return float(self.width)
+        return min(1.0, round(1.0 / num_subdomains**0.5, 4))
 
 
 class AugmentConfig(_Section):
@@ -129,6 +161,11 @@ class DNNConfig(_Section):
     lr: float = Field(0.003, gt=0.0)
     batch_size: int = Field(128, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    fit_on: Literal["train", "val"] = Field(
+        "train",
+        description="the local probabilities the DNN learns from: 'train' (the local CNNs' own, often over-confident, "
+        "training set) or 'val' (held out: fit on 3/4 of the validation split, the epoch chosen on the other 1/4)",
+    )
 
     @field_validator("hidden")
     @classmethod
@@ -187,6 +224,11 @@ class BaselinesConfig(_Section):
     epochs: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0.0)
     batch_size: int | None = Field(None, ge=1, description="global batch, split over resources.num_workers")
+    transfer_init: Literal["locals", "locals_and_dnn"] = Field(
+        "locals",
+        description="the transfer model's start: the trained local CNNs with a fresh DNN (the papers' wording), or "
+        "the local CNNs and the trained DNN (needs 'dnn' in aggregation.methods)",
+    )
 
 
 class SearchSpaceEntry(_Section):
@@ -291,6 +333,20 @@ class RunConfig(_Section):
             raise ValueError(
                 f"dataset.size {ds.size} has {len(ds.size)} dimensions but decomposition.grid "
                 f"{self.decomposition.grid} has {len(self.decomposition.grid)}; use a 2-entry grid for images, 3 for volumes"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _models_fit_the_run(self) -> "RunConfig":
+        """Cross-section model checks (the data's dimensions, what transfer starts from), before any data is read."""
+        from ddray.models.registry import check_model
+
+        m = self.local_model
+        check_model(m.name, spatial_dims=self.spatial_dims, stem=m.stem, head=m.head)
+        if "transfer" in self.compare and self.baselines.transfer_init == "locals_and_dnn" and "dnn" not in self.aggregation.methods:
+            raise ValueError(
+                "baselines.transfer_init: locals_and_dnn starts from the trained DNN, but aggregation.methods has no 'dnn'; "
+                "add dnn to aggregation.methods or use transfer_init: locals"
             )
         return self
 

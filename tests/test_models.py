@@ -14,6 +14,18 @@ from ddray.models import (
     create_model,
     list_models,
 )
+from ddray.models.registry import model_dims
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on the shared 2-core machine two threads spin against each other (a 0.5 s DNN fit took 37 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 MODELS = list_models()
 SHAPES = {
@@ -23,13 +35,15 @@ SHAPES = {
 
 
 def test_builtin_models_registered():
-    assert {"small_cnn", "vgg11", "resnet18"} <= set(MODELS)
+    assert {"small_cnn", "vgg11", "resnet18", "mobilenet_v2"} <= set(MODELS)
     assert MODELS == sorted(MODELS)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_backward_any_tile_size(name, spatial_dims):
+    if spatial_dims not in model_dims(name):
+        pytest.skip(f"{name} works on {'/'.join(map(str, model_dims(name)))}D inputs only (refused at config time, tested below)")
     torch.manual_seed(0)
     model = create_model(name, in_channels=2, num_classes=3, spatial_dims=spatial_dims, width=0.25)
     for shape in SHAPES[spatial_dims]:
@@ -156,3 +170,143 @@ def test_transfer_learning_start_matches_separately_trained_models():
         assert torch.allclose(tuned.local_probabilities(x), expected, atol=1e-6)
         next(tuned.local_models[0].parameters()).add_(1.0)
         assert torch.allclose(trained[0](subs[0].extract(x)).softmax(1), expected[:, 0], atol=1e-6)
+
+
+# ------------------------------------------------------------------ mobilenet_v2, stems, heads, width auto
+
+
+@pytest.mark.parametrize("width, sides", [(1.0, (8,)), (0.5, (8, 32)), (0.25, (13, 32))])
+def test_mobilenet_v2_forward_backward_on_small_subimages(width, sides):
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", in_channels=2, num_classes=3, spatial_dims=2, width=width)
+    first = model.features[0][0]
+    assert first.in_channels == 2 and first.stride == (1, 1)  # small stem: an 8 px tile is not halved first
+    for side in sides:
+        model.zero_grad()
+        out = model(torch.randn(2, 2, side, side))
+        assert out.shape == (2, 3)
+        out.sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), side
+
+
+def test_mobilenet_v2_imagenet_stem_and_width_multiplier():
+    imagenet = create_model("mobilenet_v2", in_channels=3, num_classes=3, spatial_dims=2, width=0.25, stem="imagenet")
+    assert imagenet.features[0][0].stride == (2, 2) and imagenet(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+    from torchvision.models import mobilenet_v2
+
+    reference = mobilenet_v2(weights=None, width_mult=0.25, num_classes=3)  # torchvision's, at the same width
+    assert count_parameters(imagenet) == count_parameters(reference)
+
+
+def test_resnet_imagenet_stem_shapes():
+    torch.manual_seed(0)
+    small = create_model("resnet18", in_channels=3, num_classes=4, spatial_dims=2, width=0.25)
+    big = create_model("resnet18", in_channels=3, num_classes=4, spatial_dims=2, width=0.25, stem="imagenet")
+    x = torch.randn(2, 3, 32, 32)
+    assert small.stem(x).shape[-2:] == (32, 32)
+    assert big.stem(x).shape[-2:] == (8, 8)  # 7x7 stride-2 conv, then 3x3 stride-2 max pool
+    assert big.stem[0].kernel_size == (7, 7)
+    for shape in ((32, 32), (5, 7)):
+        assert big(torch.randn(2, 3, *shape)).shape == (2, 4)
+    vol = create_model("resnet18", in_channels=1, num_classes=4, spatial_dims=3, width=0.25, stem="imagenet")
+    assert vol(torch.randn(2, 1, 6, 9, 9)).shape == (2, 4)
+
+
+def test_vgg_classic_head_shapes():
+    torch.manual_seed(0)
+    model = create_model("vgg11", in_channels=1, num_classes=5, spatial_dims=2, width=0.25, head="classic")
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(128 * 49, 1024), (1024, 1024), (1024, 5)]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.classifier) == 2
+    for side in (4, 32):
+        out = model(torch.randn(2, 1, side, side))
+        assert out.shape == (2, 5)
+        out.sum().backward()
+    gap = create_model("vgg11", in_channels=1, num_classes=5, spatial_dims=2, width=0.25)
+    assert count_parameters(model) > 5 * count_parameters(gap)
+
+
+def test_default_options_keep_todays_architectures():
+    for name, option in (("resnet18", {"stem": "small"}), ("vgg11", {"head": "gap"})):
+        torch.manual_seed(0)
+        default = create_model(name, in_channels=1, num_classes=3, spatial_dims=2, width=0.25)
+        torch.manual_seed(0)
+        explicit = create_model(name, in_channels=1, num_classes=3, spatial_dims=2, width=0.25, **option)
+        a, b = default.state_dict(), explicit.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "section, grid, words",
+    [
+        ({"name": "small_cnn", "stem": "imagenet"}, [2, 2], ["local_model.stem", "resnet18", "mobilenet_v2", "small_cnn"]),
+        ({"name": "resnet18", "head": "classic"}, [2, 2], ["local_model.head", "vgg11", "resnet18"]),
+        ({"name": "mobilenet_v2"}, [1, 2, 2], ["local_model.name", "mobilenet_v2", "2D images only", "3D volumes"]),
+        ({"name": "vgg11", "head": "classic"}, [1, 2, 2], ["local_model.head", "classic", "2D images only"]),
+        ({"name": "resnet18", "stem": "huge"}, [2, 2], ["local_model.stem", "small", "imagenet"]),
+        ({"width": "half"}, [2, 2], ["local_model.width", "auto"]),
+    ],
+)
+def test_invalid_model_options_fail_at_config_time_naming_the_key(section, grid, words):
+    from ddray.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"local_model": section, "decomposition": {"grid": grid}})
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_invalid_options_fail_in_the_model_spec_and_registry_too():
+    from ddray.training.spec import ModelSpec, SpecError
+
+    with pytest.raises(SpecError, match="local_model.stem"):
+        ModelSpec("vgg11", 0.5, 1, 3, stem="imagenet")
+    with pytest.raises(SpecError, match="2D images only"):
+        ModelSpec("mobilenet_v2", 0.5, 1, 3, spatial_dims=3)
+    with pytest.raises(ValueError, match="local_model.head"):
+        create_model("small_cnn", in_channels=1, num_classes=3, spatial_dims=2, head="classic")
+
+
+@pytest.mark.parametrize("grid, width", [([1, 1], 1.0), ([2, 2], 0.5), ([4, 4], 0.25), ([1, 2], 0.7071)])
+def test_width_auto_is_one_over_sqrt_subdomains_and_saved_resolved(grid, width):
+    from ddray.config import parse_config
+    from ddray.training.spec import TrainingSpec, training_spec
+
+    config = parse_config({"local_model": {"width": "auto"}, "decomposition": {"grid": grid}})
+    assert config.local_model.width == "auto"  # the config keeps what the user wrote
+    spec = training_spec(config, num_classes=3, in_channels=1)
+    assert spec.model.width == width
+    assert TrainingSpec.from_dict(spec.to_dict()).model.width == width  # saved beside the weights, resolved
+    assert training_spec(config, num_classes=3, in_channels=1, baseline="global").model.width == 1.0
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "vgg11", "mobilenet_v2"])
+def test_parameter_summary_gives_the_local_to_global_ratio(name):
+    from ddray.config import parse_config
+    from ddray.training.baselines import parameter_summary
+    from ddray.training.spec import training_spec
+
+    config = parse_config({"local_model": {"name": name, "width": "auto"}, "decomposition": {"grid": [4, 4]}})
+    local = training_spec(config, num_classes=10, in_channels=3).model
+    one = count_parameters(local.build())
+    assert local.parameter_count() == one  # the meta-device count is the real one
+    out = parameter_summary(config, num_classes=10, in_channels=3, local_parameters=[one] * 16)
+    global_params = count_parameters(create_model(name, in_channels=3, num_classes=10, spatial_dims=2))
+    assert out["global_model"] == global_params and out["local_total"] == 16 * one
+    assert out["local_to_global"] == round(16 * one / global_params, 4) and out["local_width"] == 0.25 and out["width_auto"]
+    if name != "mobilenet_v2":  # its 1280-channel last conv does not shrink with width (torchvision's rule)
+        assert 0.5 < out["local_to_global"] < 1.5, out
+
+
+def test_specs_saved_before_the_options_still_load():
+    from ddray.training.spec import DNNSpec, ModelSpec, TrainingSpec
+
+    spec = TrainingSpec(ModelSpec("resnet18", 0.25, 1, 3))
+    old = spec.to_dict()
+    del old["model"]["stem"], old["model"]["head"]
+    assert TrainingSpec.from_dict(old) == spec
+    assert TrainingSpec.from_dict(old).model.build()(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    dnn = DNNSpec(4, 3, hidden=(8,))
+    old_dnn = dnn.to_dict()
+    del old_dnn["fit_on"]
+    assert DNNSpec.from_dict(old_dnn) == dnn and dnn.fit_on == "train"

@@ -1,7 +1,9 @@
 """resnet18: ResNet-18 (BasicBlock [2, 2, 2, 2], 64..512 channels), 2D or 3D.
 
-CIFAR-style stem (3x3 conv, stride 1, no max pool) so small tiles keep their
-resolution. Stride-2 3x3 convs (padding 1) and 1x1 shortcuts both give
+Stems (``local_model.stem``): ``small`` (default), the CIFAR-style 3x3 conv,
+stride 1, no max pool, so small tiles keep their resolution; ``imagenet``, the
+original 7x7 stride-2 conv and 3x3 stride-2 max pool, for large images (a 4x
+smaller feature map from the start; any size still works, axes never go below 1 px). Stride-2 3x3 convs (padding 1) and 1x1 shortcuts both give
 ``floor((L - 1) / 2) + 1`` px, so an axis never drops below 1 and the residual
 shapes always match, for any input size.
 """
@@ -34,11 +36,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0):
+    def __init__(self, blocks, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0, stem: str = "small"):
         super().__init__()
         conv, bn = conv_layer(spatial_dims), batch_norm(spatial_dims)
         c = scale_channels(64, width)
-        self.stem = nn.Sequential(conv(in_channels, c, 3, padding=1, bias=False), bn(c), nn.ReLU(inplace=True))
+        if stem == "imagenet":
+            pool = {2: nn.MaxPool2d, 3: nn.MaxPool3d}[spatial_dims](3, stride=2, padding=1)
+            self.stem = nn.Sequential(conv(in_channels, c, 7, stride=2, padding=3, bias=False), bn(c), nn.ReLU(inplace=True), pool)
+        elif stem == "small":
+            self.stem = nn.Sequential(conv(in_channels, c, 3, padding=1, bias=False), bn(c), nn.ReLU(inplace=True))
+        else:
+            raise ValueError(f"local_model.stem: '{stem}' is not one of small, imagenet")
         stages: list[nn.Module] = []
         for i, (base, n) in enumerate(zip((64, 128, 256, 512), blocks)):
             c_out = scale_channels(base, width)
@@ -55,6 +63,6 @@ class ResNet(nn.Module):
         return self.head(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
-@register_model("resnet18")
-def resnet18(*, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0) -> nn.Module:
-    return ResNet((2, 2, 2, 2), in_channels, num_classes, spatial_dims, width)
+@register_model("resnet18", options={"stem": {"small": (2, 3), "imagenet": (2, 3)}})
+def resnet18(*, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0, stem: str = "small") -> nn.Module:
+    return ResNet((2, 2, 2, 2), in_channels, num_classes, spatial_dims, width, stem)

@@ -36,6 +36,7 @@ from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
 from ddray.storage import is_uri, local_copy, storage_base, write_json
 from ddray.tracking import Tracking
+from ddray.training.baselines import parameter_summary
 from ddray.training.local import LocalResult, subdomain_arrays, warm_up
 from ddray.training.spec import dnn_spec, training_spec
 
@@ -329,6 +330,10 @@ def _run_on_ray(
         "config": config.model_dump(mode="json"),
         "versions": report.library_versions(),
     }
+    results["parameters"] = parameter_summary(
+        config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+        local_parameters=[int(e.get("parameters") or 0) for e in results["local"]],
+    )
     results["comparison"] = report.comparison_summary(results)
     write_json(run_dir.results, results)  # first: the tables and plots are drawn from what is safe
     return results

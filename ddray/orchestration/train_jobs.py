@@ -16,7 +16,8 @@ Design:
   :mod:`ddray.training.baselines`.
 - Data: the driver's object-store reference travels inside
   ``train_loop_config`` and each worker ``ray.get``s it (zero-copy on its
-  node). The transfer start (trained local CNNs and DNN) is read on the
+  node). The transfer start (trained local CNNs, and the DNN for
+  ``baselines.transfer_init: locals_and_dnn``) is read on the
   driver from ``RUN/checkpoints`` and shipped once the same way, so workers
   need no access to the run folder.
 - Rank 0 reports each finished model with a checkpoint (weights + summary).
@@ -79,6 +80,7 @@ def baseline_job(config: RunConfig, dataset: Dataset, subdomains: Sequence[Subdo
         name,
         training_spec(config, **shape, baseline=name),
         dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes),
+        config.baselines.transfer_init,
     )
 
 
@@ -88,8 +90,8 @@ def local_specs(config: RunConfig, dataset: Dataset, run_dir: RunDir, subdomains
     return [run_dir.load_local_model(s.index)[1] if run_dir.local_model(s.index).exists() else default for s in subdomains]
 
 
-def transfer_start(run_dir: RunDir, subdomains: Sequence[Subdomain]) -> tuple[TransferStart, str]:
-    """The trained local CNNs (and DNN, if the run trained one) as initial values; and a label of the start."""
+def transfer_start(run_dir: RunDir, subdomains: Sequence[Subdomain], init: str = "locals") -> TransferStart:
+    """The trained local CNNs (and for ``init == "locals_and_dnn"`` the trained DNN) as initial values."""
     specs, states = [], []
     for sub in subdomains:
         if not run_dir.local_model(sub.index).exists():
@@ -97,10 +99,12 @@ def transfer_start(run_dir: RunDir, subdomains: Sequence[Subdomain]) -> tuple[Tr
         state, spec = run_dir.load_local_model(sub.index)
         specs.append(spec)
         states.append(state)
-    dnn_state, label = None, "local CNNs + random DNN"
-    if run_dir.dnn.exists():
-        dnn_state, label = run_dir.load_dnn()[0], "local CNNs + DNN"
-    return TransferStart(specs, states, dnn_state), label
+    dnn_state = None
+    if init == "locals_and_dnn":
+        if not run_dir.dnn.exists():
+            raise BaselineFailed(f"baselines.transfer_init: locals_and_dnn needs the trained DNN {run_dir.dnn}, which is missing")
+        dnn_state = run_dir.load_dnn()[0]
+    return TransferStart(specs, states, dnn_state)
 
 
 def baseline_loop(cfg: dict) -> None:
@@ -155,15 +159,15 @@ def run_baselines(
         check_baselines_feasible(config)
         if data_ref is None:
             data_ref = ray.put(dataset.arrays())
-        start_ref, start_label = None, None
+        start_ref = None
         if "transfer" in todo:
-            start, start_label = transfer_start(run_dir, subdomains)
-            start_ref = ray.put(start)
+            start_ref = ray.put(transfer_start(run_dir, subdomains, config.baselines.transfer_init))
         cpus, gpus = worker_resources(config)
         workers = config.resources.num_workers
         resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         storage = run_dir.location("baselines")
         name = f"job-{time.strftime('%Y%m%d-%H%M%S')}"
+        jobs = {n: baseline_job(config, dataset, subdomains, n) for n in todo}
         trainer = TorchTrainer(
             baseline_loop,
             train_loop_config={
@@ -171,7 +175,7 @@ def run_baselines(
                 "start": start_ref,
                 "subdomains": list(subdomains),
                 "local_specs": local_specs(config, dataset, run_dir, subdomains),
-                "jobs": [baseline_job(config, dataset, subdomains, n) for n in todo],
+                "jobs": list(jobs.values()),
                 "cpus": cpus,
             },
             scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
@@ -197,7 +201,7 @@ def run_baselines(
                 job_wall_total_s=round(job_wall, 3),
                 num_workers=workers,
                 use_gpu=gpus > 0,
-                start={"global": "random", "coherent": "random", "transfer": start_label}[n],
+                start=jobs[n].start_label,
                 checkpoint=str(run_dir.baseline_model(n)),
             )
             write_json(run_dir.baseline_summary(n), info)

@@ -4,7 +4,12 @@
   on whole images.
 - ``coherent``: every local CNN plus the DNN as one network
   (:class:`~ddray.models.CoherentCNNDNN`), trained end to end from a random start.
-- ``transfer``: the same network started from the trained local CNNs and DNN.
+- ``transfer``: the same network started from the trained local CNNs, with a fresh DNN
+  (``baselines.transfer_init: locals``, the papers' wording: the pre-trained local CNNs are
+  the initial values) or with the trained DNN as well (``locals_and_dnn``). The start is
+  scored on validation and test before training and reported as its own numbers
+  (``start_validation_accuracy``, ``start_test_accuracy``); the model returned is the best
+  fine-tuned epoch on validation (``best_epoch >= 1``), never the start itself.
 
 Ray-free on purpose, like :mod:`ddray.training.local`: the Ray Train worker
 (:mod:`ddray.orchestration.train_jobs`) wraps the model for DDP and passes its
@@ -20,7 +25,6 @@ Validation and test use the full splits; selection is on validation only.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,10 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddray.config import RunConfig
 from ddray.decomposition import Subdomain
 from ddray.models import CoherentCNNDNN, count_parameters
 from ddray.training.loop import Callback, evaluate, fit
-from ddray.training.spec import BASELINE_NAMES, DNNSpec, SpecError, TrainingSpec
+from ddray.training.spec import BASELINE_NAMES, DNNSpec, SpecError, TrainingSpec, training_spec
+
+TRANSFER_INITS = ("locals", "locals_and_dnn")
 
 
 @dataclass(frozen=True)
@@ -43,18 +50,30 @@ class BaselineJob:
     name: str  # global | coherent | transfer
     training: TrainingSpec  # optimizer, epochs, global batch, seed; its model is the global CNN
     dnn: DNNSpec
+    transfer_init: str = "locals"  # transfer only: locals | locals_and_dnn
 
     def __post_init__(self) -> None:
         if self.name not in BASELINE_NAMES:
             raise SpecError(f"unknown baseline '{self.name}': compare may list {', '.join(BASELINE_NAMES)}")
+        if self.transfer_init not in TRANSFER_INITS:
+            raise SpecError(f"baselines.transfer_init '{self.transfer_init}' must be one of {', '.join(TRANSFER_INITS)}")
+
+    @property
+    def start_label(self) -> str:
+        if self.name != "transfer":
+            return "random"
+        return "local CNNs + DNN" if self.transfer_init == "locals_and_dnn" else "local CNNs + fresh DNN"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "training": self.training.to_dict(), "dnn": self.dnn.to_dict()}
+        out = {"name": self.name, "training": self.training.to_dict(), "dnn": self.dnn.to_dict()}
+        if self.name == "transfer":
+            out["transfer_init"] = self.transfer_init
+        return out
 
 
 @dataclass
 class TransferStart:
-    """Initial values of the transfer model: trained local CNNs (and DNN, if one was trained)."""
+    """Initial values of the transfer model: the trained local CNNs, and the trained DNN for ``locals_and_dnn``."""
 
     local_specs: list[TrainingSpec]  # per subdomain, as saved with its weights
     local_states: list[dict[str, torch.Tensor]]
@@ -66,13 +85,15 @@ class BaselineOutcome:
     name: str
     test_accuracy: float
     validation_accuracy: float
-    best_epoch: int  # 0: the starting weights were kept (transfer only)
+    best_epoch: int  # the selected fine-tuning epoch, >= 1
     history: list[dict[str, float]]
     parameters: int
     train_wall_s: float
     initial_checksum: str
     initial_local_checksums: list[str] = field(default_factory=list)
-    start_validation_accuracy: float | None = None
+    start_validation_accuracy: float | None = None  # transfer: its start, before any training
+    start_test_accuracy: float | None = None
+    transfer_init: str | None = None
     world_size: int = 1
 
     def summary(self) -> dict[str, Any]:
@@ -84,6 +105,22 @@ class BaselineOutcome:
 
 
 # ------------------------------------------------------------------ models
+
+
+def parameter_summary(config: RunConfig, *, num_classes: int, in_channels: int, local_parameters: Sequence[int]) -> dict[str, Any]:
+    """results.json ``parameters``: the local CNNs' total against the global model's (same family, width 1,
+    counted on the meta device, never trained), so ``local_model.width: auto`` (ratio ~1) can be checked."""
+    local_spec = training_spec(config, num_classes=num_classes, in_channels=in_channels).model
+    global_params = training_spec(config, num_classes=num_classes, in_channels=in_channels, baseline="global").model.parameter_count()
+    local_total = int(sum(local_parameters))
+    return {
+        "local_width": local_spec.width,  # as configured or resolved from 'auto' (a Tune search may change it per subdomain)
+        "width_auto": config.local_model.width == "auto",
+        "local_total": local_total,
+        "global_model": global_params,
+        "local_to_global": round(local_total / global_params, 4) if global_params else None,
+    }
+
 
 
 def parameter_checksum(module: nn.Module) -> str:
@@ -107,7 +144,11 @@ def build_model(
     local_specs: Sequence[TrainingSpec] = (),
     start: TransferStart | None = None,
 ) -> nn.Module:
-    """The global CNN at full width, the coherent CNN-DNN, or the coherent one started from trained models."""
+    """The global CNN at full width, the coherent CNN-DNN, or the coherent one started from trained models.
+
+    Transfer copies every local CNN's weights (and BatchNorm statistics) from ``start``; the DNN
+    is copied too for ``job.transfer_init == "locals_and_dnn"``, else it keeps its fresh seeded init.
+    """
     if job.name == "global":
         torch.manual_seed(job.training.seed)
         return job.training.model.build()
@@ -118,7 +159,9 @@ def build_model(
     model = build_coherent_model(job, subdomains, start.local_specs)
     for local, state in zip(model.local_models, start.local_states):
         local.load_state_dict(state)
-    if start.dnn_state is not None:
+    if job.transfer_init == "locals_and_dnn":
+        if start.dnn_state is None:
+            raise ValueError("transfer_init locals_and_dnn needs the trained DNN in the TransferStart")
         model.dnn.load_state_dict(start.dnn_state)
     return model
 
@@ -157,9 +200,9 @@ def train_baseline(
 
     Every rank returns the same validation figures; the test accuracy is
     computed by every rank on the unwrapped module (no collective calls), so
-    callers may use rank 0's. For ``transfer`` the starting weights compete in
-    model selection ("epoch 0"): fine-tuning never returns a model that is
-    worse on validation than the trained local CNNs + DNN it started from.
+    callers may use rank 0's. For ``transfer`` the start is scored on validation and
+    test first and reported on its own (``start_*_accuracy``); it does not compete in
+    model selection, which picks among the fine-tuned epochs only.
     """
     device = device or torch.device("cpu")
     inner = unwrapped if unwrapped is not None else model
@@ -173,12 +216,12 @@ def train_baseline(
     x_val, y_val = _tensor(arrays["x_val"]), _tensor(arrays["y_val"], np.int64)
     x_test, y_test = _tensor(arrays["x_test"]), _tensor(arrays["y_test"], np.int64)
 
-    started = time.perf_counter()
     inner.to(device)
-    start_state, start_val = None, None
-    if job.name == "transfer":
-        start_state = copy.deepcopy(inner.state_dict())
+    start_val = start_test = None
+    if job.name == "transfer":  # scored before the clock starts: not part of its training time
         _, start_val = evaluate(inner, x_val, y_val)
+        _, start_test = evaluate(inner, x_test, y_test)
+    started = time.perf_counter()
     outcome = fit(
         model,
         x_train,
@@ -194,9 +237,6 @@ def train_baseline(
         recipe=spec.recipe,  # the run's recipe: the comparison trains as the local CNNs do
     )
     best_epoch, best_val = outcome.best_epoch, outcome.best_val_accuracy
-    if start_state is not None and start_val is not None and start_val >= best_val:
-        inner.load_state_dict(start_state)
-        best_epoch, best_val = 0, start_val
     train_wall = time.perf_counter() - started
     _, test_acc = evaluate(inner, x_test, y_test)
     return BaselineOutcome(
@@ -210,5 +250,7 @@ def train_baseline(
         initial_checksum=initial_checksum,
         initial_local_checksums=local_checksums,
         start_validation_accuracy=None if start_val is None else float(start_val),
+        start_test_accuracy=None if start_test is None else float(start_test),
+        transfer_init=job.transfer_init if job.name == "transfer" else None,
         world_size=world_size,
     )

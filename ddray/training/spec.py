@@ -22,6 +22,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BASELINE_NAMES = ("global", "coherent", "transfer")
+DNN_FIT_ON = ("train", "val")
 
 
 class SpecError(ConfigError):
@@ -35,16 +36,23 @@ def _require(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered CNN family at a width, for inputs of a channel count, dimension and class count."""
+    """A registered CNN family at a width, for inputs of a channel count, dimension and class count.
+
+    ``stem`` / ``head`` are the family's options (``None``: its default; specs saved before they
+    existed load with ``None``, i.e. the architecture they were trained with).
+    """
 
     name: str
     width: float
     in_channels: int
     num_classes: int
     spatial_dims: int = 2
+    stem: str | None = None
+    head: str | None = None
 
     def __post_init__(self) -> None:
         from ddray.models import list_models
+        from ddray.models.registry import check_model
 
         known = list_models()
         _require(self.name in known, f"unknown model '{self.name}': set local_model.name to one of {', '.join(known)}")
@@ -55,13 +63,30 @@ class ModelSpec:
         _require(self.in_channels >= 1, f"in_channels must be >= 1, got {self.in_channels}")
         _require(self.num_classes >= 2, f"a classifier needs >= 2 classes, the data has {self.num_classes}")
         _require(self.spatial_dims in (2, 3), f"spatial_dims must be 2 (images) or 3 (volumes), got {self.spatial_dims}")
+        try:
+            check_model(self.name, spatial_dims=self.spatial_dims, **self.options)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+
+    @property
+    def options(self) -> dict[str, str | None]:
+        return {"stem": self.stem, "head": self.head}
+
+    def _create_kwargs(self) -> dict[str, Any]:
+        return dict(
+            in_channels=self.in_channels, num_classes=self.num_classes, spatial_dims=self.spatial_dims, width=self.width, **self.options
+        )
 
     def build(self) -> torch.nn.Module:
         from ddray.models import create_model
 
-        return create_model(
-            self.name, in_channels=self.in_channels, num_classes=self.num_classes, spatial_dims=self.spatial_dims, width=self.width
-        )
+        return create_model(self.name, **self._create_kwargs())
+
+    def parameter_count(self) -> int:
+        """Trainable parameters of :meth:`build`'s model, counted without allocating or training it."""
+        from ddray.models.registry import count_model_parameters
+
+        return count_model_parameters(self.name, **self._create_kwargs())
 
 
 @dataclass(frozen=True)
@@ -215,9 +240,11 @@ class DNNSpec:
     lr: float = 0.003
     batch_size: int = 128
     seed: int = 0
+    fit_on: str = "train"  # which split's local probabilities it learns from (ddray.aggregation.train_dnn)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _require(self.fit_on in DNN_FIT_ON, f"aggregation.dnn.fit_on '{self.fit_on}' must be one of {', '.join(DNN_FIT_ON)}")
         _require(self.num_subdomains >= 1, f"the DNN needs >= 1 subdomain, got {self.num_subdomains}")
         _require(self.num_classes >= 2, f"a classifier needs >= 2 classes, the data has {self.num_classes}")
         _require(all(h >= 1 for h in self.hidden), f"aggregation.dnn.hidden {list(self.hidden)}: every layer size must be >= 1")
@@ -265,9 +292,10 @@ def training_spec(
     if baseline is not None:
         _require(baseline in BASELINE_NAMES, f"unknown baseline '{baseline}': compare may list {', '.join(BASELINE_NAMES)}")
         _require(not overrides, "Tune overrides apply to local trainings only")
-    width = 1.0 if baseline == "global" else config.local_model.width
+    m = config.local_model
+    width = 1.0 if baseline == "global" else m.resolved_width(config.decomposition.num_subdomains)
     spec = TrainingSpec(
-        model=ModelSpec(config.local_model.name, width, in_channels, num_classes, config.spatial_dims),
+        model=ModelSpec(m.name, width, in_channels, num_classes, config.spatial_dims, m.stem, m.head),
         optimizer=OptimizerSpec(t.optimizer, (b.lr or t.lr) if baseline else t.lr, t.weight_decay, t.momentum),
         epochs=(b.epochs or t.epochs) if baseline else t.epochs,
         batch_size=(b.batch_size or t.batch_size) if baseline else t.batch_size,
@@ -294,4 +322,4 @@ def recipe_spec(config: RunConfig) -> RecipeSpec:
 
 def dnn_spec(config: RunConfig, *, num_subdomains: int, num_classes: int) -> DNNSpec:
     d = config.aggregation.dnn
-    return DNNSpec(num_subdomains, num_classes, tuple(d.hidden), d.dropout, d.epochs, d.lr, d.batch_size, config.seed)
+    return DNNSpec(num_subdomains, num_classes, tuple(d.hidden), d.dropout, d.epochs, d.lr, d.batch_size, config.seed, d.fit_on)
