@@ -102,6 +102,17 @@ def test_root_and_path_are_one_setting():
         parse_config({"dataset": {"source": "volumefolder"}})
 
 
+def test_the_service_confines_root_like_path(tmp_path):
+    """root is stored as path, so the REST service's data-root check (which reads path) sees it."""
+    from api.security import PathNotAllowed, confine_config_paths
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    config = parse_config({"dataset": {"source": "cifar10", "root": str(tmp_path / "elsewhere")}}).model_dump(mode="json")
+    with pytest.raises(PathNotAllowed):
+        confine_config_paths(config, [str(tmp_path / "data")], [])
+
+
 # ------------------------------------------------------------------ MNIST family (IDX)
 
 
@@ -296,3 +307,4 @@ def test_volumefolder_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("DDRAY_MAX_IMAGE_PIXELS", "100")
     with pytest.raises(DataError, match=r"512 voxels .* above the limit 100 \(set DDRAY_MAX_IMAGE_PIXELS"):
         load_dataset(DatasetConfig(source="volumefolder", root=str(root)), seed=0)
+

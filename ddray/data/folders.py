@@ -173,8 +173,8 @@ def load_volumefolder(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | No
     """3D volumes (.npy, .nii, .nii.gz) of one shape, as (N, C, D, H, W)."""
     if cfg.image_size is not None:
         raise DataError(
-            f"dataset.image_size resizes 2D images; source 'volumefolder' does not resize volumes: remove "
-            f"dataset.image_size and store the volumes at one shape"
+            "dataset.image_size resizes 2D images; source 'volumefolder' does not resize volumes: remove "
+            "dataset.image_size and store the volumes at one shape"
         )
     listing = list_class_folders(cfg, VOLUMES)
     both = listing.files + listing.test_files

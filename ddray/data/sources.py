@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import zipfile
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np

@@ -21,9 +21,6 @@ from ddray.data.catalog import SETS, locate
 from ddray.data.raw import RawData
 from ddray.data.validation import DataError, check_labels, scale_values
 
-IDX_SOURCES = ("mnist", "fashion_mnist", "kmnist")
-CIFAR_SOURCES = ("cifar10", "cifar100")
-
 
 def _idx_split(source: str, root: str, train: bool, origin: str) -> tuple[np.ndarray, np.ndarray]:
     import torchvision.datasets as tvd
@@ -31,11 +28,9 @@ def _idx_split(source: str, root: str, train: bool, origin: str) -> tuple[np.nda
     cls = getattr(tvd, SETS[source].torchvision_class)
     try:
         ds = cls(root, train=train, download=False)
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError, TypeError, ValueError, OSError) as err:
         if "Dataset not found" in str(err):  # locate() found the files, and now they are gone:
             locate(source, root)  # the same message, naming what is missing and where to get it
-        raise DataError(f"{origin}: torchvision could not read the IDX files ({err}); re-extract them") from None
-    except (AssertionError, TypeError, ValueError, OSError) as err:
         split = "train" if train else "t10k"
         raise DataError(
             f"{origin}/{split}-images-idx3-ubyte or {split}-labels-idx1-ubyte: not a valid IDX file "
