@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ddray.config import ConfigError, DatasetConfig, parse_config
-from ddray.data import DataError, load_dataset, read_predict_inputs
+from ddray.data import DataError, Preprocessing, load_dataset, read_predict_inputs
 from ddray.data.catalog import SETS
 from ddray.data.size import check_dataset_size, dataset_bytes
 
@@ -154,6 +154,15 @@ def test_idx_missing_files_are_named_before_loading(tmp_path):
         check_dataset_size(DatasetConfig(source="kmnist", root=str(tmp_path / "nowhere")), 2**40)
 
 
+def test_the_driver_checks_the_files_before_ray_starts(tmp_path):
+    from ddray.orchestration.driver import check_data  # imports Ray's module, starts nothing
+
+    with pytest.raises(DataError, match=r"dataset path not found: .*absent \(dataset.root\)"):
+        check_data(parse_config({"dataset": {"source": "kmnist", "root": str(tmp_path / "absent")}}))
+    with pytest.raises(DataError, match=r"none of its files is there: expected .*KMNIST/raw/train-images-idx3-ubyte"):
+        check_data(parse_config({"dataset": {"source": "kmnist", "root": str(tmp_path)}}))
+
+
 def test_idx_corrupt_file_is_named(tmp_path):
     write_idx_set(tmp_path, "MNIST")
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03" + b"\0\0\0\x05")
@@ -261,6 +270,7 @@ def test_volumefolder_npy_and_nifti(tmp_path):
     assert ds.class_names == ["healthy", "tumour"] and ds.num_classes == 2
     assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 12
     assert ds.preprocessing.source_values == "volume files: uint8 / 255"
+    assert dataset_bytes(DatasetConfig(source="volumefolder", root=str(tmp_path / "vols"))) == 12 * 8 * 8 * 8 * 4
     # each training volume is a stored file / 255, normalised: .npy and NIfTI alike, axes as stored
     prep = ds.preprocessing
     wanted = {prep.apply(v[None, None]).tobytes() for v in stored.values()}
@@ -308,3 +318,19 @@ def test_volumefolder_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"512 voxels .* above the limit 100 \(set DDRAY_MAX_IMAGE_PIXELS"):
         load_dataset(DatasetConfig(source="volumefolder", root=str(root)), seed=0)
 
+
+
+def test_volume_header_bomb_is_refused_before_reading(tmp_path):
+    """A 400-byte .nii whose header claims 4096^3 voxels: refused from the header, nothing allocated."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape((4096, 4096, 4096))
+    bomb = tmp_path / "vols" / "a" / "bomb.nii"
+    bomb.parent.mkdir(parents=True)
+    bomb.write_bytes(header.binaryblock + b"\0" * 4 + b"\1" * 40)
+    write_volume(tmp_path / "vols" / "b" / "ok.npy", np.zeros((8, 8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"bomb.nii: 68719476736 voxels .* above the limit"):
+        load_dataset(DatasetConfig(source="volumefolder", root=str(tmp_path / "vols")), seed=0)
+    model = Preprocessing(channels=1, spatial_shape=(8, 8, 8), mean=[0.0], std=[1.0])
+    with pytest.raises(DataError, match=r"bomb.nii: 68719476736 voxels"):  # predict refuses it the same way
+        read_predict_inputs(bomb, model)
