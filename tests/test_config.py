@@ -43,7 +43,7 @@ def test_3d_grid_and_fractional_gpu():
     "data,fragments",
     [
         ({"training": {"optimizer": "adagrad"}}, ["training.optimizer", "adam", "sgd"]),
-        ({"dataset": {"source": "mnist"}}, ["dataset.source", "digits", "npz", "imagefolder", "cifar10", "synthetic"]),
+        ({"dataset": {"source": "mnist3d"}}, ["dataset.source", "digits", "npz", "mnist", "cifar100", "imagefolder", "volumefolder"]),
         ({"local_model": {"name": "alexnet"}}, ["local_model.name", "known models", "small_cnn", "resnet18", "vgg11"]),
         ({"decomposition": {"grid": [2, 2, 2, 2]}}, ["decomposition.grid", "[rows, cols]"]),
         ({"aggregation": {"methods": ["median"]}}, ["aggregation.methods", "dnn", "average", "vote"]),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pickle
 from itertools import product
 
 import numpy as np
@@ -194,55 +192,6 @@ def test_imagefolder_errors(tmp_path):
     (bad / "b" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png.*cannot read image"):
         load_dataset(cfg(source="imagefolder", path=str(bad)), seed=0)
-
-
-def write_fake_cifar(folder, n_per_batch=6, protocol=pickle.HIGHEST_PROTOCOL, with_meta=True):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for k, name in enumerate(names):
-        entry = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in (np.arange(n_per_batch) + k) % 10],
-            b"data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
-            b"filenames": [f"{i}.png".encode() for i in range(n_per_batch)],
-        }
-        with open(folder / name, "wb") as fh:
-            pickle.dump(entry, fh, protocol=protocol)
-    if with_meta:
-        labels = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-        with open(folder / "batches.meta", "wb") as fh:
-            pickle.dump({b"label_names": labels, b"num_vis": 3072}, fh, protocol=protocol)
-
-
-@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
-def test_cifar10_fake_pickles(tmp_path, protocol):
-    write_fake_cifar(tmp_path / "cifar-10-batches-py", n_per_batch=10, protocol=protocol)
-    for path in (tmp_path, tmp_path / "cifar-10-batches-py"):  # parent or the folder itself
-        ds = load_dataset(cfg(source="cifar10", path=str(path)), seed=0, grid=[2, 2])
-        check_dataset(ds, 3, (32, 32), 10)
-        assert len(ds.y_test) == 10 and len(ds.y_train) + len(ds.y_val) == 50
-        assert ds.class_names[0] == "airplane" and ds.class_names[-1] == "truck"
-        assert ds.preprocessing.source_values == "uint8 / 255"
-        check_range_recorded(ds, levels=255)
-    ds = load_dataset(cfg(source="cifar10", path=str(tmp_path), limit=15), seed=0)
-    assert len(ds.y_train) + len(ds.y_val) == 15 and len(ds.y_test) == 10
-
-
-def test_cifar10_missing_and_refuses_code(tmp_path):
-    with pytest.raises(DataError, match=r"no CIFAR-10 python batches under .*data_batch_1..5 and test_batch.*never downloads"):
-        load_dataset(cfg(source="cifar10", path=str(tmp_path)), seed=0)
-    folder = tmp_path / "cifar-10-batches-py"
-    write_fake_cifar(folder)
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    with open(folder / "data_batch_3", "wb") as fh:
-        pickle.dump({b"data": Evil(), b"labels": []}, fh)
-    with pytest.raises(DataError, match=r"data_batch_3.*refusing to load (posix|os)\.system"):
-        load_dataset(cfg(source="cifar10", path=str(tmp_path)), seed=0)
 
 
 # ------------------------------------------------------------------ synthetic

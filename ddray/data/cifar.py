@@ -1,26 +1,31 @@
-"""CIFAR-10 from its python-pickle batches, read by an unpickler that refuses code.
+"""torchvision's CIFAR-10 / CIFAR-100 datasets, loaded by an unpickler that refuses code.
 
-Pixels are uint8, scaled by the value rule (/ 255) like a PNG of them
-(docs/preprocessing.md). Nothing is ever downloaded.
+``torchvision.datasets.CIFAR10`` reads its batch files with ``pickle.load``, which
+runs whatever a pickle asks for, and dataset roots may come from REST requests
+(issue #10). :class:`SafeCIFAR10` and :class:`SafeCIFAR100` are torchvision's
+classes (same layout, file lists, class names, ``data`` as (N, 32, 32, 3) uint8,
+``targets``, ``classes``, ``__getitem__``) whose loading goes through
+:class:`RestrictedUnpickler`, which admits numpy arrays and nothing else. They
+skip torchvision's md5 check (which only the official files pass), so a
+re-packed or shortened set loads too, and they can stop reading batches at a
+sample ``limit``.
+
+This module imports torchvision; ``ddray.data.vision`` imports it only when a
+CIFAR source is loaded.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 import pickle
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.vision import VisionDataset
 
-from ddray.config import DatasetConfig
-from ddray.data.raw import RawData
-from ddray.data.validation import DataError, check_label_range, check_labels, require_path, scale_values
-
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-CIFAR_TEST = "test_batch"
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+from ddray.data.validation import DataError
 
 
 def _safe_globals() -> dict[tuple[str, str], object]:
@@ -41,9 +46,8 @@ def _safe_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Refuses every global except numpy arrays: a pickle can run arbitrary code,
-    and dataset paths may come from REST requests."""
+class RestrictedUnpickler(pickle.Unpickler):
+    """Refuses every global except numpy arrays: a pickle can run arbitrary code."""
 
     _allowed = _safe_globals()
 
@@ -54,88 +58,71 @@ class _CifarUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
 
 
-def _read_cifar_pickle(path: Path) -> dict:
+def read_pickle(path: str | Path, what: str) -> dict:
+    """A CIFAR pickle (a dict, keys as str) read by :class:`RestrictedUnpickler`; DataError otherwise."""
     try:
         with open(path, "rb") as fh:
-            entry = _CifarUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError) as err:
-        raise DataError(f"{path}: not a CIFAR-10 python pickle ({err}); re-extract cifar-10-python.tar.gz") from None
+            entry = RestrictedUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise DataError(f"{path}: not a {what} python pickle ({err}); re-extract the downloaded archive") from None
     if not isinstance(entry, dict):
-        raise DataError(f"{path}: not a CIFAR-10 python pickle (holds {type(entry).__name__}, expected dict)")
+        raise DataError(f"{path}: not a {what} python pickle (holds {type(entry).__name__}, expected dict)")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
 
 
-def _read_cifar_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    entry = _read_cifar_pickle(path)
-    if "data" not in entry or "labels" not in entry:
-        raise DataError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'; keys present: {sorted(map(str, entry))}")
-    data = np.asarray(entry["data"])
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype.kind not in "iu":
-        raise DataError(
-            f"{path}: CIFAR-10 'data' must be uint8 shaped (n, 3072); got {data.dtype} {tuple(data.shape)}"
-        )
-    origin = str(path)
-    if data.dtype != np.uint8:  # CIFAR-10 pixels are 8-bit by definition, however the pickle stored them
-        if data.size and (data.min() < 0 or data.max() > 255):
-            raise DataError(f"{path}: CIFAR-10 'data' must hold 8-bit pixels 0..255; found values outside that range")
-        data = data.astype(np.uint8)
-    x = scale_values(data.reshape(-1, 3, 32, 32), origin=origin, name="data")  # uint8 / 255, like a PNG of it
-    y = check_labels(np.asarray(entry["labels"]), origin=origin, n=len(x), name="labels", x_name="data")
-    check_label_range(y, num_classes, origin=origin, name="labels")
-    return x, y
+class SafeCIFAR10(CIFAR10):
+    """torchvision's CIFAR10, read with :func:`read_pickle`; ``download`` is not offered."""
+
+    what = "CIFAR-10"
+
+    def __init__(self, root: str | Path, train: bool = True, limit: int | None = None) -> None:
+        VisionDataset.__init__(self, root)
+        self.train = train
+        folder = os.path.join(self.root, self.base_folder)
+        meta = read_pickle(os.path.join(folder, self.meta["filename"]), self.what)
+        names = meta.get(self.meta["key"])
+        if not isinstance(names, (list, tuple)) or not names:
+            raise DataError(f"{folder}/{self.meta['filename']}: no '{self.meta['key']}' list of class names")
+        self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        data, targets, total = [], [], 0
+        for file_name, _md5 in self.train_list if train else self.test_list:
+            if limit and total >= limit:
+                break
+            x, y = self._read_batch(os.path.join(folder, file_name))
+            data.append(x)
+            targets.append(y)
+            total += len(x)
+        self.data = np.concatenate(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision
+        self.targets = [int(t) for t in np.concatenate(targets)]
+
+    def _read_batch(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        entry = read_pickle(path, self.what)
+        labels_key = "labels" if "labels" in entry else "fine_labels"  # CIFAR-100: the 100 fine classes
+        if "data" not in entry or labels_key not in entry:
+            raise DataError(
+                f"{path}: {self.what} batch lacks 'data' or '{labels_key}'; keys present: {sorted(map(str, entry))}"
+            )
+        data = np.asarray(entry["data"])
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype.kind not in "iu":
+            raise DataError(f"{path}: {self.what} 'data' must be uint8 shaped (n, 3072); got {data.dtype} {tuple(data.shape)}")
+        if data.dtype != np.uint8:  # CIFAR pixels are 8-bit by definition, however the pickle stored them
+            if data.size and (data.min() < 0 or data.max() > 255):
+                raise DataError(f"{path}: {self.what} 'data' must hold 8-bit pixels 0..255; found values outside that range")
+            data = data.astype(np.uint8)
+        labels = np.asarray(entry[labels_key])
+        if labels.dtype.kind not in "iu" or labels.shape != (len(data),):
+            raise DataError(
+                f"{path}: '{labels_key}' must be {len(data)} integer class ids (one per row of 'data'); "
+                f"got {labels.dtype} {tuple(labels.shape)}"
+            )
+        bad = labels[(labels < 0) | (labels >= len(self.classes))]
+        if bad.size:
+            raise DataError(f"{path}: labels must be integers in [0, {len(self.classes)}); found {int(bad[0])} in '{labels_key}'")
+        return data, labels.astype(np.int64)
 
 
-def find_cifar_folder(path: Path) -> Path:
-    for folder in (path / CIFAR_FOLDER, path):
-        if all((folder / name).is_file() for name in CIFAR_TRAIN + [CIFAR_TEST]):
-            return folder
-    raise DataError(
-        f"no CIFAR-10 python batches under {path}: expected {path}/{CIFAR_FOLDER}/data_batch_1..5 and "
-        f"test_batch (download=False: ddray never downloads)"
-    )
+class SafeCIFAR100(SafeCIFAR10, CIFAR100):
+    """torchvision's CIFAR100 (its folder, files and fine labels), read like :class:`SafeCIFAR10`."""
 
-
-def load_cifar10(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -> RawData:
-    """The python-pickle CIFAR-10 folder (50000 train / 10000 test, 3x32x32).
-
-    The pickles are read here (same format as torchvision.datasets.CIFAR10)
-    rather than via torchvision, because torchvision checks the md5 of every
-    batch file and rejects anything but the official files, e.g. the small
-    fixtures of the tests; reading them ourselves also lets ``limit`` skip
-    batches and refuses pickled code.
-    """
-    path = require_path(cfg.path)
-    if not path.is_dir():
-        raise DataError(f"{path}: source 'cifar10' needs the folder holding {CIFAR_FOLDER}, not a file")
-    folder = find_cifar_folder(path)
-    class_names = CIFAR_CLASSES
-    meta_path = folder / "batches.meta"
-    if meta_path.is_file():
-        meta = _read_cifar_pickle(meta_path)
-        names = meta.get("label_names")
-        if names:
-            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    num_classes = len(class_names)
-    xs, ys, total = [], [], 0
-    for name in CIFAR_TRAIN:
-        if cfg.limit and total >= cfg.limit:
-            break
-        x, y = _read_cifar_batch(folder / name, num_classes)
-        xs.append(x)
-        ys.append(y)
-        total += len(x)
-    x_test, y_test = _read_cifar_batch(folder / CIFAR_TEST, num_classes)
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if cfg.limit:
-        x, y = x[: cfg.limit], y[: cfg.limit]
-        x_test, y_test = x_test[: cfg.limit], y_test[: cfg.limit]
-    return RawData(
-        x=np.ascontiguousarray(x),
-        y=y,
-        num_classes=num_classes,
-        class_names=class_names,
-        origin=str(folder),
-        x_test=np.ascontiguousarray(x_test),
-        y_test=y_test,
-        values="uint8 / 255",
-    )
+    what = "CIFAR-100"

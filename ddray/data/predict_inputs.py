@@ -1,4 +1,4 @@
-"""New inputs to classify, read from an .npz, an image file or a folder of images.
+"""New inputs to classify, read from an .npz, an image or volume file, or a folder of them.
 
 They are returned as stored (not yet preprocessed); the training run's
 :class:`~ddray.data.preprocessing.Preprocessing` turns them into model inputs,
@@ -14,6 +14,7 @@ import numpy as np
 from ddray.data.images import IMAGE_EXTENSIONS, is_image_file, list_image_files, read_images
 from ddray.data.preprocessing import Preprocessing
 from ddray.data.validation import DataError, require_path
+from ddray.data.volumes import VOLUME_EXTENSIONS, is_volume_file, list_volume_files, read_volumes
 
 
 def read_predict_inputs(path: str | Path, preprocessing: Preprocessing) -> tuple[np.ndarray, list[str]]:
@@ -24,7 +25,9 @@ def read_predict_inputs(path: str | Path, preprocessing: Preprocessing) -> tuple
     (recursive, sorted) -> their paths relative to the folder. Images are converted to the
     training channel count (L for 1, RGB for 3), scaled by the value rule (8-bit / 255,
     16-bit grayscale / 65535, exactly as an npz of that dtype would be) and resized to the
-    training spatial shape. ``preprocessing.prepare`` turns either into model inputs.
+    training spatial shape. For a 3D model: a volume file (.npy, .nii, .nii.gz) or a folder
+    of them, read as the volumefolder source reads them (never resized). ``preprocessing.prepare``
+    turns either into model inputs.
     """
     p = require_path(path, field=None, what="input path")
     origin = str(p)
@@ -48,11 +51,19 @@ def read_predict_inputs(path: str | Path, preprocessing: Preprocessing) -> tuple
         n = len(x_raw) if x_raw.ndim else 0
         return x_raw, [f"x[{i}]" for i in range(n)]
 
+    if len(preprocessing.spatial_shape) == 3 and (is_volume_file(p) or p.is_dir()):
+        files = [p] if p.is_file() else list_volume_files(p)
+        if not files:
+            raise DataError(f"{origin}: folder has no volume files ({', '.join(VOLUME_EXTENSIONS)})")
+        names = [p.name] if p.is_file() else [f.relative_to(p).as_posix() for f in files]
+        return read_volumes(files, origin=origin), names  # on the value scale, like the training volumes
+
     if p.is_file():
         if not is_image_file(p):
             raise DataError(
                 f"{origin}: unsupported input; give an .npz with array 'x', an image file "
-                f"({', '.join(IMAGE_EXTENSIONS)}) or a folder of images"
+                f"({', '.join(IMAGE_EXTENSIONS)}) or a folder of images (for a 3D model: volume files "
+                f"{', '.join(VOLUME_EXTENSIONS)})"
             )
         files, names = [p], [p.name]
     else:
@@ -64,7 +75,7 @@ def read_predict_inputs(path: str | Path, preprocessing: Preprocessing) -> tuple
     if len(preprocessing.spatial_shape) != 2:
         raise DataError(
             f"{origin}: the model classifies 3D volumes {preprocessing.spatial_shape}; image files cannot be "
-            f"used, give an .npz with 'x' shaped (N, C, D, H, W)"
+            f"used, give an .npz with 'x' shaped (N, C, D, H, W) or volume files ({', '.join(VOLUME_EXTENSIONS)})"
         )
     modes = {1: "L", 3: "RGB"}
     if preprocessing.channels not in modes:

@@ -1,6 +1,6 @@
 """``RawData``: what every source loader returns and ``load_dataset`` consumes.
 
-Its own module so that loaders in different modules (``sources``, ``cifar``)
+Its own module so that loaders in different modules (``sources``, ``vision``, ``folders``)
 share it without importing each other.
 """
 

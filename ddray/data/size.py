@@ -3,8 +3,14 @@
 A 1 MB ``savez_compressed`` of zeros decodes to gigabytes, and a folder of
 small PNGs with ``image_size: [4096, 4096]`` to far more: finding out by
 loading is the failure. npz members carry their shape and dtype in their
-first bytes, images their size in their header, the synthetic generators
-their size in the config; that is all these functions read.
+first bytes, images, IDX and volume files their size in their header,
+CIFAR's batches hold uint8 pixels, the synthetic generators their size in the
+config; that is all these functions read.
+
+``check_dataset_size`` is also where the torchvision sets' files are looked
+for (``catalog.locate``), so that a missing MNIST or CIFAR file fails, naming
+every file expected and where to get it, before Ray starts (the driver's
+``check_data``) and when the REST service accepts a job.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ddray.data.catalog import SETS, idx_header, locate
 from ddray.data.images import list_image_files
 from ddray.data.validation import DataError
+from ddray.data.volumes import list_volume_files, volume_bytes
 
 FLOAT_BYTES = 4  # every split is float32 once loaded
 
@@ -71,11 +79,34 @@ def _dataset_bytes(cfg) -> int | None:
         if files:
             resize = tuple(cfg.image_size) if cfg.image_size else None
             return len(files) * image_bytes(files[0], resize)  # the loader insists on one size
+    if cfg.source == "volumefolder" and cfg.path and Path(cfg.path).is_dir():
+        files = list_volume_files(Path(cfg.path))
+        if files:
+            return len(files) * volume_bytes(files[0])  # the loader insists on one shape
+    if cfg.source in SETS:
+        return torchvision_set_bytes(cfg.source, cfg.path)
     return None
 
 
+def torchvision_set_bytes(source: str, root) -> int:
+    """Bytes of a torchvision set as float32: IDX image headers, or CIFAR's uint8 batch files x 4."""
+    spec = SETS[source]
+    folder = locate(source, root) / spec.folder
+    if source in ("cifar10", "cifar100"):
+        return sum((folder / name).stat().st_size for name in spec.train + spec.test) * FLOAT_BYTES
+    total = 0
+    for name in spec.train + spec.test:
+        if "images" in name:
+            total += int(np.prod(idx_header(folder / name), dtype=np.int64)) * FLOAT_BYTES
+    return total
+
+
 def check_dataset_size(cfg, limit: int) -> None:
-    """DataError naming the estimate, the limit and how to lift it, when the data set would not fit."""
+    """DataError naming the estimate, the limit and how to lift it, when the data set would not fit;
+    for mnist, fashion_mnist, kmnist, cifar10 and cifar100 also when a file is missing (listing
+    the files expected under dataset.root and where to get them)."""
+    if cfg.source in SETS and "://" not in str(cfg.path):  # a URI is fetched (and checked) by the driver
+        locate(cfg.source, cfg.path)
     estimate = dataset_bytes(cfg)
     if estimate is not None and estimate > limit:
         raise DataError(

@@ -1,11 +1,15 @@
-"""One loader per ``dataset.source``; each returns validated raw arrays.
+"""One loader per ``dataset.source``; each returns validated raw arrays (docs/data.md).
+
+Here: digits, npz, synthetic, and the registry ``SOURCES``. torchvision's sets
+(mnist, fashion_mnist, kmnist, cifar10, cifar100) are in ``vision``, the
+class-per-folder sources (imagefolder, volumefolder) in ``folders``.
 
 Raw means: float32 (N, C, *spatial) on the value scale of the preprocessing
 contract (docs/preprocessing.md), not yet resized or normalised. Every stored
 array goes through ``validation.scale_values``: bool and integers of up to 16
 bits are divided by their dtype's maximum (uint8 / 255, uint16 / 65535), floats
-and wider integers are used as stored. npz arrays, CIFAR-10 pixels and image
-files (decoded by Pillow to uint8, or uint16 for 16-bit grayscale) all follow
+and wider integers are used as stored. npz arrays, MNIST / CIFAR pixels, image
+and volume files (decoded by Pillow to uint8, or uint16 for 16-bit grayscale) all follow
 it, so the same 8-bit image is the same array whichever format carried it.
 digits (sklearn's 0..16 values) are divided by 16. Nothing is ever downloaded.
 """
@@ -14,19 +18,16 @@ from __future__ import annotations
 
 import math
 import zipfile
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ddray.config import DatasetConfig
-from ddray.data.synthetic import generate_blobs, generate_count
-from ddray.data.cifar import load_cifar10
-from ddray.data.images import IMAGE_EXTENSIONS, IMAGE_VALUES, is_image_file, list_image_files, probe_images, read_images
+from ddray.data.folders import load_imagefolder, load_volumefolder
 from ddray.data.raw import RawData
+from ddray.data.synthetic import generate_blobs, generate_count
 from ddray.data.validation import (
     DataError,
-    check_image_size,
     check_label_range,
     check_labels,
     check_same_layout,
@@ -35,112 +36,7 @@ from ddray.data.validation import (
     scale_values,
     value_divisor,
 )
-
-# ---------------------------------------------------------------- image folders
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _scan_class_tree(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
-    """(files, labels, class names) of a class-per-folder tree like torchvision's ImageFolder."""
-    dirs = _class_dirs(root)
-    if not dirs:
-        loose = [p for p in root.iterdir() if is_image_file(p)]
-        extra = (
-            f"; found {len(loose)} image files directly in it: move them into one subfolder per class"
-            if loose
-            else ""
-        )
-        raise DataError(
-            f"{root}: no class folders; source 'imagefolder' expects one subfolder per class "
-            f"(root/cat/img1.png, root/dog/img2.png ...){extra}"
-        )
-    if classes is None:
-        classes = [d.name for d in dirs]
-        index = {c: i for i, c in enumerate(classes)}
-        strict = True
-    else:
-        index = {c: i for i, c in enumerate(classes)}
-        strict = False
-    files: list[Path] = []
-    labels: list[int] = []
-    for d in dirs:
-        if d.name not in index:
-            raise DataError(
-                f"{d}: class '{d.name}' does not exist in the training split; training classes: {', '.join(classes)}"
-            )
-        found = list_image_files(d)
-        if not found and strict:
-            raise DataError(
-                f"{d}: class folder has no image files ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
-            )
-        files += found
-        labels += [index[d.name]] * len(found)
-    return files, labels, classes
-
-
-def _round_robin(labels: Sequence[int]) -> np.ndarray:
-    """Order that interleaves classes (1st of each class, 2nd of each class, ...),
-    so ``dataset.limit`` keeps every class of a class-sorted folder tree."""
-    labels = np.asarray(labels)
-    rank = np.zeros(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        where = np.flatnonzero(labels == c)
-        rank[where] = np.arange(len(where))
-    return np.lexsort((labels, rank))
-
-
-def load_imagefolder(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -> RawData:
-    root = require_path(cfg.path)
-    if not root.is_dir():
-        raise DataError(
-            f"{root}: source 'imagefolder' needs a folder with one subfolder per class "
-            f"(root/cat/img1.png ...), not a file"
-        )
-    image_size = check_image_size(cfg.image_size)
-    train_dir, test_dir = root / "train", root / "test"
-    split_layout = train_dir.is_dir() and test_dir.is_dir() and bool(_class_dirs(train_dir))
-    if split_layout:
-        files, labels, classes = _scan_class_tree(train_dir)
-        test_files, test_labels, _ = _scan_class_tree(test_dir, classes)
-    else:
-        files, labels, classes = _scan_class_tree(root)
-        test_files, test_labels = [], []
-    if not files:
-        raise DataError(f"{root}: no image files found ({', '.join(IMAGE_EXTENSIONS)})")
-    if split_layout and not test_files:
-        raise DataError(f"{test_dir}: the test split has no image files; add images or remove the 'test' folder")
-
-    order = _round_robin(labels)
-    files, labels = [files[i] for i in order], [labels[i] for i in order]
-    if cfg.limit:
-        files, labels = files[: cfg.limit], labels[: cfg.limit]
-        test_files, test_labels = test_files[: cfg.limit], test_labels[: cfg.limit]
-
-    all_files = files + test_files
-    gray, sizes, examples = probe_images(all_files)
-    if image_size is None and len(sizes) > 1:
-        (a, pa), (b, pb) = list(examples.items())[:2]
-        raise DataError(
-            f"{root}: images have different sizes ({pa} is {a[0]}x{a[1]}, {pb} is {b[0]}x{b[1]}, "
-            f"{len(sizes)} sizes in all); set dataset.image_size: [H, W] to resize them"
-        )
-    mode = "L" if gray else "RGB"
-    x = read_images(files, mode=mode, size=image_size)
-    x_test = read_images(test_files, mode=mode, size=image_size) if test_files else None
-    return RawData(
-        x=x,
-        y=np.asarray(labels, dtype=np.int64),
-        num_classes=len(classes),
-        class_names=list(classes),
-        origin=str(root),
-        x_test=x_test,
-        y_test=np.asarray(test_labels, dtype=np.int64) if test_files else None,
-        values=IMAGE_VALUES,
-    )
-
+from ddray.data.vision import load_cifar, load_idx
 
 # ---------------------------------------------------------------------- digits
 
@@ -183,7 +79,10 @@ def load_npz(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None) -> Ra
     path = require_path(cfg.path)
     origin = str(path)
     if path.is_dir():
-        raise DataError(f"{origin}: is a folder; source 'npz' needs a .npz file (for image folders use source: imagefolder)")
+        raise DataError(
+            f"{origin}: is a folder; source 'npz' needs a .npz file (for a folder of class subfolders use "
+            f"source: imagefolder or volumefolder)"
+        )
     try:
         f = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
@@ -282,7 +181,12 @@ def load_synthetic(cfg: DatasetConfig, *, seed: int, grid: Sequence[int] | None)
 SOURCES: dict[str, Callable[..., RawData]] = {
     "digits": load_digits,
     "npz": load_npz,
-    "imagefolder": load_imagefolder,
-    "cifar10": load_cifar10,
     "synthetic": load_synthetic,
+    "mnist": load_idx,
+    "fashion_mnist": load_idx,
+    "kmnist": load_idx,
+    "cifar10": load_cifar,
+    "cifar100": load_cifar,
+    "imagefolder": load_imagefolder,
+    "volumefolder": load_volumefolder,
 }

@@ -67,8 +67,8 @@ def check_data(config: RunConfig) -> None:
     if cfg.path and is_uri(cfg.path):
         return  # fetched by load_data, which names the URI when it is missing
     if cfg.path:
-        require_path(cfg.path)
-    check_dataset_size(cfg, Limits().dataset_bytes)
+        require_path(cfg.path, field=cfg.path_key)
+    check_dataset_size(cfg, Limits().dataset_bytes)  # also: the files a torchvision source needs are all there
 
 
 def load_data(config: RunConfig) -> Dataset:
