@@ -87,7 +87,7 @@ def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, runner: 
     except DataError as err:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["body", "config", "dataset"], "msg": str(err), "type": "dataset_too_large"}],
+            detail=[{"loc": ["body", "config", "dataset"], "msg": str(err), "type": "dataset_invalid"}],
         ) from None
     record = store.create(config, name=body.name)
     runner.wake()
