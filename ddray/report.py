@@ -162,6 +162,33 @@ def comparison_summary(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def notes(results: dict[str, Any]) -> list[str]:
+    """Sentences the table cannot say: model sizes against the global model, how the DNN was fitted,
+    where transfer learning started."""
+    out = []
+    params = results.get("parameters") or {}
+    if _num(params.get("local_to_global")) is not None:
+        width = f"width {params.get('local_width')}" + (" (auto: 1/sqrt(subdomains))" if params.get("width_auto") else "")
+        out.append(
+            f"The local CNNs ({width}) have {int(params['local_total']):,} parameters together: "
+            f"{params['local_to_global']:.2f}x the global model's {int(params['global_model']):,}."
+        )
+    dnn = (results.get("aggregation") or {}).get("dnn") or {}
+    if dnn.get("fit_on") == "val":
+        out.append(
+            f"The DNN was fitted on held-out validation probabilities ({dnn.get('fit_samples')} samples; "
+            f"epoch chosen on {dnn.get('selection_samples')} others), not on the training set's."
+        )
+    transfer = (results.get("baselines") or {}).get("transfer") or {}
+    if _num(transfer.get("start_test_accuracy")) is not None:
+        init = "local CNNs and trained DNN" if transfer.get("transfer_init") == "locals_and_dnn" else "local CNNs, fresh DNN"
+        out.append(
+            f"Transfer learning started ({init}) at test accuracy {transfer['start_test_accuracy']:.4f} "
+            f"and reached {transfer['test_accuracy']:.4f} after fine-tuning."
+        )
+    return out
+
+
 def _fmt(value: Any, spec: str) -> str:
     value = _num(value)
     return "" if value is None else format(value, spec)
@@ -194,6 +221,8 @@ def write_tables(results: dict[str, Any], out_dir: Path) -> None:
             f"speedup {comparison['speedup']:.2f}x"
             + (f" ({comparison['speedup_compute']:.2f}x without worker start-up)." if comparison.get("speedup_compute") else "."),
         ]
+    for sentence in notes(results):
+        lines += ["", sentence]
     timings = results.get("timings_s", {})
     if timings:
         lines += ["", "| timing | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
@@ -225,6 +254,8 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     comparison = results.get("comparison") or {}
     if comparison.get("speedup"):
         console.print(f"speed-up of the decomposed pipeline over the global model's training: {comparison['speedup']:.2f}x")
+    for sentence in notes(results):
+        console.print(sentence)
     timings = results.get("timings_s", {})
     if timings:
         console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))

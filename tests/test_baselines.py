@@ -239,6 +239,9 @@ def test_comparison_table_and_chart(compared_run):
     assert table.set_index("model").loc["global", "speedup_vs_global"] == pytest.approx(1.0)
     md = (out / "results.md").read_text()
     assert "speedup" in md and "| transfer | baseline |" in md
+    start = results["baselines"]["transfer"]["start_test_accuracy"]
+    assert f"Transfer learning started (local CNNs and trained DNN) at test accuracy {start:.4f}" in md
+    assert f"{results['parameters']['local_to_global']:.2f}x the global model's" in md
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["baselines"]) == {"global", "coherent", "transfer"} and "dnn" in saved["aggregation"]
     assert saved["comparison"]["speedup"] > 0 and saved["comparison"]["speedup_compute"] > 0
