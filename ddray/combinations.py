@@ -128,7 +128,7 @@ def problems(
 
 
 def _slug(value: Any) -> str:
-    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         text = "x".join(str(v) for v in value)
     elif isinstance(value, list):
         text = "-".join(_slug(v) for v in value) or "none"

@@ -31,6 +31,7 @@ SWEEP_PNG = "sweep.png"
 RUNS = "runs"
 GRID = "decomposition.grid"
 METHOD_ORDER = ("dnn", "average", "vote", "global", "coherent", "transfer")
+WALL_ORDER = ("local_wall", "aggregation_wall", "baselines_wall", "total_wall")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def table(keys: list[str], runs: list[tuple[dict[str, Any], dict[str, Any]]]):
         groups.setdefault(group, []).append(run_record(results))
         values.setdefault(group, {k: setting.get(k) for k in keys})
     methods = _ordered({k[4:] for recs in groups.values() for r in recs for k in r if k.startswith("acc:")}, METHOD_ORDER)
-    walls = _ordered({k[5:] for recs in groups.values() for r in recs for k in r if k.startswith("wall:")}, ())
+    walls = _ordered({k[5:] for recs in groups.values() for r in recs for k in r if k.startswith("wall:")}, WALL_ORDER)
     rows = []
     for group, records in groups.items():
         row: dict[str, Any] = {k: json.dumps(v) for k, v in values[group].items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +44,19 @@ def run_sweep(
     """
     console = console or Console(stderr=True)
     out = Path(output_dir).resolve()
-    sweep_id = _claim(config, out, sweep_id)
-    base = storage_base(config.storage)
-    prefix = run_prefix(base, sweep_id)
     runs = plan_.plan(config)
+    preflight(runs)  # before anything is written or started
+    sweep_id = _claim(config, out, sweep_id)
+    prefix = run_prefix(storage_base(config.storage), sweep_id)
     if prefix:  # every run under the sweep's prefix, as in the output folder
         runs = [plan_.SweepRun(r.name, r.setting, r.config.model_copy(update={"storage": join(prefix, plan_.RUNS)})) for r in runs]
-    preflight(runs)
     console.print(f"[bold]ddray sweep[/]: {len(runs)} runs of {len(config.sweep or {})} swept keys into {out}")
     status = {r.name: ("done" if (r.folder(out) / "results.json").exists() else "pending") for r in runs}
     finished: list[tuple[dict[str, Any], dict[str, Any]]] = []
     started = time.time()
     try:
-        with ray_session(address, num_cpus=num_cpus) as ray_up:
+        pending = any(state != "done" for state in status.values())
+        with ray_session(address, num_cpus=num_cpus) if pending else nullcontext(lambda: None) as ray_up:  # all done: no Ray
             ray_up()
             for k, r in enumerate(runs, 1):
                 folder = r.folder(out)
@@ -122,6 +123,7 @@ def _claim(config: RunConfig, out: Path, sweep_id: str | None) -> str:
     sweep_id = check_run_id(sweep_id) if sweep_id else new_run_id(out.name)
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_json(out / plan_.SWEEP_JSON, {"kind": "sweep", "id": sweep_id})  # the id a restart keeps
     return sweep_id
 
 
@@ -140,8 +142,11 @@ def _write_state(
     current: str | None = None,
     rows: list[dict[str, Any]] | None = None,
 ) -> None:
-    """sweep.json: the sweep's id, keys, each run's setting and status, and (at the end) the table."""
+    """sweep.json: the sweep's id, keys, each run's setting and status, and (at the end) the table;
+    progress.json: the phase the job service shows (``sweep 3/9 grid-2x2_seed-0``)."""
     done = sum(s == "done" for s in status.values())
+    phase = f"sweep {[r.name for r in runs].index(current) + 1}/{len(runs)} {current}" if current else ("done" if done == len(runs) else "stopped")
+    write_json(out / "progress.json", {"phase": phase, "started": started, "updated": time.time()})
     write_json(
         out / plan_.SWEEP_JSON,
         {
@@ -149,7 +154,7 @@ def _write_state(
             "id": sweep_id,
             "keys": list(config.sweep or {}),
             "setting_keys": plan_.setting_keys(config),
-            "phase": f"run {current}" if current else ("done" if done == len(runs) else "stopped"),
+            "phase": phase,
             "done": done,
             "total": len(runs),
             "started": started,
