@@ -242,3 +242,69 @@ def test_a_small_sweep_on_ray_and_its_restart(ray_cluster, tmp_path):
     assert (out / "runs" / "grid-2x2_seed-0" / "results.json").is_file()
     assert [r["n_seeds"] for r in again] == [2, 2]
     assert math.isclose(again[0]["dnn_mean"], rows[0]["dnn_mean"])
+
+
+# -- the REST service: a sweep is a job whose results are the table ------------------------
+def test_a_sweep_job_through_the_routes(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.deps import get_runner
+    from api.main import create_app
+    from api.runner import JobRunner
+    from api.settings import ServiceSettings
+    from service_doubles import FakeRunner
+
+    token = "sweep-test-token-0123456789"
+    auth = {"Authorization": f"Bearer {token}"}
+    settings = ServiceSettings(api_token=token, state_dir=tmp_path / "state")
+    app = create_app(settings)
+    app.dependency_overrides[get_runner] = FakeRunner
+    with TestClient(app) as client:
+        r = client.post("/jobs", json={"config": with_sweep({"decomposition.gird": [[1, 1]]})}, headers=auth)
+        assert r.status_code == 422 and "decomposition has no 'gird'" in r.text
+        r = client.post("/jobs", json={"config": with_sweep({"decomposition.grid": [[1, 1], [2, 2]], "seed": [0, 1]})}, headers=auth)
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        store = app.state.store
+
+        class Jobs:
+            def submit_job(self, **kw):
+                self.sent = kw
+
+        class Cluster:
+            local, ready, jobs_ = False, True, Jobs()
+
+            def jobs(self):
+                return self.jobs_
+
+        cluster = Cluster()
+        JobRunner(settings, store, cluster=cluster)._submit(store.claim_next("me"))  # type: ignore[arg-type]
+        entry = cluster.jobs_.sent["entrypoint"]
+        assert " -m ddray sweep " in entry and f"--run-id {job_id}" in entry and "--output" in entry
+
+        record = store.get(job_id)
+        run = tmp_path / "state" / "jobs" / job_id / "run"
+        run.mkdir(parents=True)
+        config = parse_config(record.config)
+        frame = sweep.write_reports(config, fake_runs(), run)
+        (run / "sweep.json").write_text(json.dumps({"kind": "sweep", "id": job_id, "table": sweep.records(frame)}))
+        store.finish(job_id, "succeeded", exit_code=0)
+
+        results = client.get(f"/jobs/{job_id}/results", headers=auth).json()
+        assert results["kind"] == "sweep" and [row["n_seeds"] for row in results["table"]] == [3, 3]
+        assert results["table"][1]["dnn_std"] == pytest.approx(0.03)
+        listing = client.get(f"/jobs/{job_id}/artifacts", headers=auth).json()["files"]
+        assert {"sweep.csv", "sweep.md", "sweep.png", "sweep.json"} <= set(listing)
+        r = client.get(f"/jobs/{job_id}/artifacts/sweep.csv", headers=auth)
+        assert r.status_code == 200 and r.text.startswith("decomposition.grid,n_seeds,dnn_mean,dnn_std")
+        r = client.post(f"/jobs/{job_id}/predict", files={"files": ("x.npz", b"x")}, headers=auth)
+        assert r.status_code == 409 and "sweep" in r.json()["detail"]
+
+
+def test_the_client_prints_a_sweep_table(capsys):
+    from rich.console import Console
+
+    frame = sweep.table(["decomposition.grid"], fake_runs())
+    sweep.print_table(sweep.records(frame), Console(width=200))
+    out = capsys.readouterr().out
+    assert "[2, 2]" in out and "± 0.0300" in out and "n_seeds" in out
