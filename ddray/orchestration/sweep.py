@@ -72,9 +72,15 @@ def run_sweep(
                     status[r.name] = "done"
                 finished.append((r.setting, json.loads((folder / "results.json").read_text())))
                 _write_state(out, config, sweep_id, runs, status, started)
-    except BaseException:
+    except BaseException as err:
         for name, state in status.items():
-            status[name] = "failed" if state == "running" else state
+            if state == "running":
+                status[name] = "failed"
+                console.print(
+                    f"[red]ddray sweep[/]: run {name} ended by {type(err).__name__}: {err}; finished runs are kept, "
+                    f"the same command again continues with this one",
+                    highlight=False,
+                )
         _write_state(out, config, sweep_id, runs, status, started, rows=_reports(config, finished, out) if finished else None)
         raise
     rows = _reports(config, finished, out)
