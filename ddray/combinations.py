@@ -34,22 +34,21 @@ def expand(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A deep copy of ``data`` with ``a.b.c`` set to ``value`` (missing or null sections become mappings)."""
-    out = copy.deepcopy(data)
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = copy.deepcopy(value)
-    return out
+    return apply(data, {key: value})
 
 
 def apply(data: dict[str, Any], setting: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with every dotted key of ``setting`` set."""
+    """A deep copy of ``data`` with every dotted key of ``setting`` set."""
+    out = copy.deepcopy(data)
     for key, value in setting.items():
-        data = set_dotted(data, key, value)
-    return data
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
 
 
 def describe(setting: dict[str, Any]) -> str:
