@@ -175,16 +175,19 @@ def plot(frame, keys: list[str], base_grid: list[int], path: Path) -> None:
     others = [k for k in keys if k != x_key]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = frame.to_dict("records")
+    log_x = label == "number of subdomains" and min(xs, default=0) > 0 and len(set(xs)) > 1
+    lines: dict[str, list[tuple[float, float, float]]] = {}
     for method in methods_of(frame):
-        lines: dict[str, list[tuple[float, float, float]]] = {}
         for x, row in zip(xs, rows):
             tag = method + (" (" + ", ".join(f"{k}={row[k]}" for k in others) + ")" if others else "")
             std = row[f"{method}_std"]
             lines.setdefault(tag, []).append((x, row[f"{method}_mean"], 0.0 if math.isnan(std) else std))
-        for tag, points in lines.items():
-            points.sort()
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=4, label=tag)
-    if label == "number of subdomains" and min(xs) > 0 and len(set(xs)) > 1:
+    for i, (tag, points) in enumerate(lines.items()):
+        points.sort()
+        shift = 0.04 * (i - (len(lines) - 1) / 2)  # side by side, so error bars of equal x do not hide each other
+        px = [p[0] * 2**shift if log_x else p[0] for p in points]
+        ax.errorbar(px, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=4, label=tag)
+    if log_x:
         ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(set(xs)), [ticks[xs.index(x)] for x in sorted(set(xs))])
     ax.minorticks_off()
