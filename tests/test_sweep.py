@@ -123,6 +123,16 @@ def test_cli_refuses_to_mix_run_and_sweep(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_python_api_keeps_runs_and_sweeps_apart(tmp_path):
+    import ddray
+
+    with pytest.raises(ConfigError, match="run_sweep"):
+        ddray.run(with_sweep({"seed": [0, 1]}), str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="no sweep: section"):
+        ddray.run_sweep(TINY, str(tmp_path / "s"))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
 # -- the table, markdown and plot ------------------------------------------------------
 def fake_results(dnn: float, average: float, vote: float, wall: float, global_acc: float | None = None) -> dict:
     out = {
