@@ -359,3 +359,40 @@ def test_the_client_prints_a_sweep_table(capsys):
     sweep.print_table(sweep.records(frame), Console(width=200))
     out = capsys.readouterr().out
     assert "[2, 2]" in out and "± 0.0300" in out and "n_seeds" in out
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+@pytest.mark.timeout(400)
+def test_a_sweep_job_on_a_real_service(tmp_path):
+    """``ddray serve`` with its own Ray head runs a sweep as one Ray job; its results are the table."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from service_doubles import Service, cleanup_state, tiny_job
+
+    (tmp_path / "data").mkdir()
+    svc = Service(tmp_path / "state", tmp_path / "data", extra_args=["--ray-num-cpus", "2", "--ray-object-store-mb", "200"])
+    svc.start(timeout=150)
+    try:
+        config = {**tiny_job(epochs=1), "aggregation": {"methods": ["dnn", "average"], "dnn": {"epochs": 5}}, "sweep": {"seed": [0, 1]}}
+        with svc.client() as c:
+            job_id = c.post("/jobs", json={"config": config}).json()["id"]
+            deadline = time.monotonic() + 300
+            while (job := c.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+                assert time.monotonic() < deadline, job
+                time.sleep(1)
+            assert job["status"] == "succeeded", (job, c.get(f"/jobs/{job_id}/logs").text[-3000:])
+            results = c.get(f"/jobs/{job_id}/results").json()
+            assert results["kind"] == "sweep" and results["id"] == job_id and results["table"][0]["n_seeds"] == 2
+            assert results["table"][0]["dnn_std"] is not None and [r["status"] for r in results["runs"]] == ["done", "done"]
+            files = c.get(f"/jobs/{job_id}/artifacts").json()["files"]
+            assert {"sweep.csv", "sweep.md", "sweep.png", "runs/seed-0/results.json", "runs/seed-1/results.json"} <= set(files)
+        env = {**os.environ, "DDRAY_URL": svc.url, "DDRAY_API_TOKEN": svc.token}
+        out = subprocess.run([sys.executable, "-m", "ddray", "results", job_id], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "n_seeds" in out.stdout and "±" in out.stdout, out
+    finally:
+        svc.stop()
+        cleanup_state(tmp_path / "state", svc.token)
