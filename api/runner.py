@@ -96,6 +96,12 @@ def failure_reason(log_text: str, message: str | None, exit_code: int | None) ->
     return f"{message or 'the driver failed'} (exit code {exit_code}): {tail}"[:4000]
 
 
+def driver_command(config: dict[str, Any]) -> str:
+    """The ddray command a job runs: ``sweep`` for a config with a ``sweep:`` section (every combination,
+    its results are the sweep table), else ``run``."""
+    return "sweep" if config.get("sweep") else "run"
+
+
 def results_summary(results: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a job list shows: test accuracy of each aggregation and the mean local one, timings."""
     local = [e.get("test_accuracy") for e in results.get("local") or [] if isinstance(e.get("test_accuracy"), (int, float))]
@@ -309,7 +315,7 @@ class JobRunner:
         self.store.set_submission(record.id, submission_id=sid, job_dir=str(job_dir), run_location=run_location)
         command = [
             *nice_prefix(self.settings.job_nice if self.cluster.local else 0),
-            sys.executable, "-m", "ddray", "run", str(paths["config"]),
+            sys.executable, "-m", "ddray", driver_command(record.config), str(paths["config"]),
             "--output", str(paths["run"]), "--run-id", record.id, "--address", "auto",
         ]
         env = {

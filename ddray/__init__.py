@@ -44,7 +44,22 @@ def run(config: RunConfig | dict, output_dir: str, run_id: str | None = None, **
 
     if isinstance(config, dict):
         config = parse_config(config)
+    if config.sweep:
+        raise ConfigError("this config has a sweep: section; run it with ddray.run_sweep (or ddray sweep CONFIG)")
     return _run(config, output_dir, run_id, **kwargs)
+
+
+def run_sweep(config: RunConfig | dict, output_dir: str, sweep_id: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Run every combination of the config's ``sweep:`` section into ``output_dir`` (docs/sweeps.md) and
+    return the sweep table's rows; keyword arguments: address, num_cpus, console. The same folder
+    again skips the finished runs."""
+    from ddray.orchestration.sweep import run_sweep as _run_sweep
+
+    if isinstance(config, dict):
+        config = parse_config(config)
+    if not config.sweep:
+        raise ConfigError("this config has no sweep: section; run it with ddray.run")
+    return _run_sweep(config, output_dir, sweep_id, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
@@ -73,4 +88,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "run",
+    "run_sweep",
 ]

@@ -21,8 +21,8 @@ from ddray.client.commands import register as register_client_commands
 EXIT_BAD_INPUT = 2
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", help="output folder (default: runs/<config name>, or runs/<config name>-N if taken)")
+def _add_run_args(p: argparse.ArgumentParser, output_help: str = "default: runs/<config name>, or runs/<config name>-N if taken") -> None:
+    p.add_argument("--output", "-o", help=f"output folder ({output_help})")
     p.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: embedded local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
 
@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default: <output folder name>-<UTC time>-<random hex>)",
     )
     _add_run_args(p)
+
+    p = sub.add_parser("sweep", help="run every combination of a config's sweep: section on one Ray (docs/sweeps.md)")
+    p.add_argument("config", help="YAML config with a sweep: section")
+    p.add_argument(
+        "--run-id",
+        help="the sweep's id, its folder name under storage (default: <output folder name>-<UTC time>-<random hex>)",
+    )
+    _add_run_args(p, "default: sweeps/<config name>; the same folder again continues the sweep, skipping finished runs")
 
     p = sub.add_parser("demo", help="digits, 2x2 subdomains with overlap, on the embedded local Ray")
     _add_run_args(p)
@@ -104,6 +112,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     else:
         console.print("[red]error[/]: give a CONFIG file or --resume RUN_DIR")
         return EXIT_BAD_INPUT
+    if config.sweep:
+        console.print(f"[red]error[/]: {args.config} has a sweep: section; run it with ddray sweep {args.config} --output DIR")
+        return EXIT_BAD_INPUT
     with _early_ray(args) as run:
         run(config, output, args.run_id, address=args.address, resume=bool(args.resume), num_cpus=args.num_cpus)
     return 0
@@ -123,6 +134,20 @@ def _early_ray(args: argparse.Namespace) -> Iterator[Any]:
         yield run
     finally:
         discard_early()  # a run that failed before it reached Ray leaves no Ray running
+
+
+def _sweep(args: argparse.Namespace, console: Console) -> int:
+    from ddray.config import load_config
+    from ddray.orchestration.sweep import run_sweep
+
+    config = load_config(args.config)
+    if not config.sweep:
+        console.print(f"[red]error[/]: {args.config} has no sweep: section (e.g. sweep: {{seed: [0, 1, 2]}}); run it with ddray run")
+        return EXIT_BAD_INPUT
+    # the same folder again resumes the sweep: finished runs are skipped
+    output = Path(args.output) if args.output else Path("sweeps") / Path(args.config).stem
+    run_sweep(config, output, args.run_id, address=args.address, num_cpus=args.num_cpus)
+    return 0
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:
@@ -173,7 +198,7 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-HANDLERS = {"run": _run, "demo": _demo, "predict": _predict, "validate": _validate, "serve": _serve}
+HANDLERS = {"run": _run, "sweep": _sweep, "demo": _demo, "predict": _predict, "validate": _validate, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
-    if args.command in ("run", "demo"):
+    if args.command in ("run", "sweep", "demo"):
         signal.signal(signal.SIGTERM, _interrupt)  # a stopped job ends like Ctrl-C: cleanly, resumable
     handler = HANDLERS.get(args.command) or args.handler
     try:
@@ -193,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]failed[/]: {err}", highlight=False)
         return 1
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished subdomains are kept; continue with ddray run --resume RUN_DIR")
+        if args.command == "sweep":
+            console.print("[yellow]interrupted[/]: finished runs are kept; continue with the same ddray sweep command (same --output)")
+        else:
+            console.print("[yellow]interrupted[/]: finished subdomains are kept; continue with ddray run --resume RUN_DIR")
         return 130
 
 

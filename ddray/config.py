@@ -354,6 +354,11 @@ class RunConfig(_Section):
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     storage: str | None = Field(None, description="shared folder or URI for checkpoints on multi-node clusters")
     seed: int = 0
+    sweep: dict[str, list[Any]] | None = Field(
+        None,
+        description="dotted config keys to lists of values, e.g. {decomposition.grid: [[2, 2], [4, 4]], seed: [0, 1, 2]}: "
+        "`ddray sweep` runs every combination (docs/sweeps.md); `ddray run` refuses such a config",
+    )
 
     @model_validator(mode="after")
     def _dims_agree(self) -> "RunConfig":
@@ -382,6 +387,19 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _within_limits(self) -> "RunConfig":
         problems = limit_problems(self, Limits())
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_combinations(self) -> "RunConfig":
+        """Every combination of the sweep is a valid config: checked here, before any of its runs starts."""
+        if self.sweep is None:
+            return self
+        from ddray import combinations
+
+        base = self.model_dump(mode="json", exclude={"sweep"})
+        problems = combinations.problems(base, self.sweep, RunConfig, _problem_lines, Limits().sweep_runs)
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -447,6 +465,15 @@ def format_validation_error(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _problem_lines(data: dict[str, Any]) -> list[str]:
+    """What is wrong with ``data`` as a RunConfig, one line per problem (none when it is valid)."""
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError as err:
+        return [line.strip() for line in format_validation_error(err).splitlines()[1:]]
+    return []
 
 
 def parse_config(data: dict[str, Any] | None) -> RunConfig:

@@ -31,6 +31,7 @@ class Limits(BaseSettings):
     workers: int = Field(1_024, ge=1, description="resources.num_workers")
     retries: int = Field(100, ge=0, description="resources.max_retries")
     channels: int = Field(1_024, ge=1, description="dataset.channels")
+    sweep_runs: int = Field(1_000, ge=1, description="combinations (runs) of one sweep:")
     dataset_bytes: int = Field(32 * 1024**3, ge=1, description="a data set's estimated size in memory (float32), from headers before loading")
 
 

@@ -134,21 +134,29 @@ def cancel_job(job_id: JobId, store: StoreDep, runner: RunnerDep) -> JobCreated:
     return JobCreated(id=job_id, status=after or record.status)  # type: ignore[arg-type]
 
 
-@router.get("/{job_id}/results", responses={200: {"content": {"application/json": {}}, "description": "the run's results.json"}, **NOT_FOUND, **CONFLICT})
+@router.get(
+    "/{job_id}/results",
+    responses={200: {"content": {"application/json": {}}, "description": "the run's results.json; a sweep's sweep.json"}, **NOT_FOUND, **CONFLICT},
+)
 def get_results(job_id: JobId, store: StoreDep, request: Request) -> JSONResponse:
-    """The run's ``results.json`` (from the run folder on the head, else from the job's storage prefix)."""
+    """The run's ``results.json`` (from the run folder on the head, else from the job's storage prefix).
+
+    A sweep job (a config with ``sweep:``) answers with its ``sweep.json``: the table (``table``: one row
+    per setting, mean and std of test accuracy per method over the seeds) and each run's setting and folder.
+    """
     record = _job(store, job_id)
     _succeeded(record, "results")
+    name = "sweep.json" if record.config.get("sweep") else "results.json"
     rd = files.run_dir(record)
-    results = request.app.state.json_cache.read(rd / "results.json") if rd else None
+    results = request.app.state.json_cache.read(rd / name) if rd else None
     if results is None:
         try:
-            _, data = files.read_artifact(record, "results.json")
+            _, data = files.read_artifact(record, name)
             results = json.loads(data) if data is not None else None
         except (files.ArtifactNotFound, ValueError):
             results = None
     if results is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no results.json")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no {name}")
     return JSONResponse(_finite(results))
 
 
@@ -208,6 +216,11 @@ async def predict(
     """Classify uploaded inputs with a finished job's local CNNs and DNN."""
     record = await run_in_threadpool(_job, store, job_id)
     _succeeded(record, "predictions")
+    if record.config.get("sweep"):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"job {job_id} is a sweep of many runs: download one (GET /jobs/{job_id}/artifacts, runs/<name>/) and use ddray predict",
+        )
     rd = await run_in_threadpool(files.local_run, record, settings.state_dir / "cache")
     if rd is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} has no run folder with a trained model")

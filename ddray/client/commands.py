@@ -198,6 +198,11 @@ def _results(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
+    if results.get("kind") == "sweep":  # a sweep job's results are its table
+        from ddray.sweep import print_table as print_sweep
+
+        print_sweep(results.get("table") or [], Console())
+        return 0
     from ddray.report import print_table
 
     print_table(results, Console())
