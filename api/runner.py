@@ -103,7 +103,11 @@ def driver_command(config: dict[str, Any]) -> str:
 
 
 def results_summary(results: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers a job list shows: test accuracy of each aggregation and the mean local one, timings."""
+    """The few numbers a job list shows: test accuracy of each aggregation and the mean local one, timings;
+    for a sweep (its sweep.json) the runs done and the mean accuracies of each setting."""
+    if results.get("kind") == "sweep":
+        means = [{k: v for k, v in row.items() if not k.endswith(("_std", "_wall_mean"))} for row in results.get("table") or []]
+        return {"sweep": {"runs_done": results.get("done"), "runs": results.get("total"), "settings": means[:50]}}
     local = [e.get("test_accuracy") for e in results.get("local") or [] if isinstance(e.get("test_accuracy"), (int, float))]
     return {
         "aggregation": {m: v.get("test_accuracy") for m, v in (results.get("aggregation") or {}).items() if isinstance(v, dict)},
@@ -284,9 +288,10 @@ class JobRunner:
                 log.warning("could not copy the log of job %s to %s: %s", record.id, record.run_location, err)
 
     def _summary(self, record: JobRecord) -> dict[str, Any] | None:
+        name = "sweep.json" if driver_command(record.config) == "sweep" else "results.json"
         for location in run_locations(record):
             try:
-                return results_summary(json.loads(storage.read_bytes(storage.join(location, "results.json"))))
+                return results_summary(json.loads(storage.read_bytes(storage.join(location, name))))
             except (OSError, ValueError):
                 continue
         return None

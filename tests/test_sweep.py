@@ -385,6 +385,7 @@ def test_a_sweep_job_on_a_real_service(tmp_path):
                 assert time.monotonic() < deadline, job
                 time.sleep(1)
             assert job["status"] == "succeeded", (job, c.get(f"/jobs/{job_id}/logs").text[-3000:])
+            assert job["results"]["sweep"]["runs_done"] == 2 and "dnn_mean" in job["results"]["sweep"]["settings"][0]  # the job list's figures
             results = c.get(f"/jobs/{job_id}/results").json()
             assert results["kind"] == "sweep" and results["id"] == job_id and results["table"][0]["n_seeds"] == 2
             assert results["table"][0]["dnn_std"] is not None and [r["status"] for r in results["runs"]] == ["done", "done"]
