@@ -1,190 +1,39 @@
 """One configuration schema for the CLI, the Python API and the REST service.
 
 Every section forbids unknown keys, so a typo fails with the field's name
-before any data is read or any Ray worker starts.
+before any data is read or any Ray worker starts. The sections live in the
+package's modules (``data``, ``training``, ...); ``RunConfig`` puts them
+together and checks what depends on several of them. Import everything from
+``ddray.config``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ddray.config.data import FOLDER_SOURCES, DatasetConfig, DecompositionConfig
+from ddray.config.section import ConfigError, Section
+from ddray.config.training import (
+    AugmentConfig,
+    BaselinesConfig,
+    LocalModelConfig,
+    ResourcesConfig,
+    TrainingConfig,
+)
 from ddray.limits import Limits, env_name
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the field and the fix."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+__all__ = [
+    "FOLDER_SOURCES", "TUNABLE", "AggregationConfig", "AugmentConfig", "BaselinesConfig", "ConfigError", "DatasetConfig",
+    "DecompositionConfig", "DNNConfig", "LocalModelConfig", "ResourcesConfig", "RunConfig", "SearchSpaceEntry",
+    "TrainingConfig", "TuneConfig", "format_validation_error", "limit_problems", "load_config", "parse_config",
+]
 
 
-FOLDER_SOURCES = ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "imagefolder", "volumefolder")
-
-
-class DatasetConfig(_Section):
-    """Where the images come from (docs/data.md). Paths are read on the driver only.
-
-    ``root`` and ``path`` are one setting under two spellings: ``root`` (torchvision's word)
-    for the folder of a folder source, ``path`` for the npz file; either is accepted for any
-    source, giving both is an error. It is stored (and dumped) as ``path``.
-    """
-
-    source: Literal[
-        "digits", "npz", "synthetic", "mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "imagefolder",
-        "volumefolder",
-    ] = "digits"
-    path: str | None = Field(
-        None,
-        validation_alias=AliasChoices("path", "root"),
-        description="dataset.root: the folder of mnist / fashion_mnist / kmnist / cifar10 / cifar100 / imagefolder / "
-        "volumefolder; dataset.path: the file of npz (one setting, two spellings)",
-    )
-    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="used when the source has no test split")
-    image_size: list[int] | None = Field(None, description="resize 2D images to [H, W] (not volumes)")
-    limit: int | None = Field(None, gt=0, description="use only the first N samples (quick experiments)")
-    # synthetic generator parameters
-    kind: Literal["count", "blobs"] = "count"
-    samples: int = Field(600, gt=0)
-    size: list[int] = Field(default_factory=lambda: [16, 16], description="[H, W] or [D, H, W] (synthetic)")
-    cells: list[int] | None = Field(None, description="cells of the 'count' generator; default: the decomposition grid")
-    classes: int = Field(4, ge=2, description="number of classes (synthetic 'blobs')")
-    channels: int = Field(1, ge=1, le=16)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_spelling(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "root" in data and "path" in data:
-            raise ValueError("dataset.root and dataset.path are one setting; give only one (root for a folder, path for a file)")
-        return data
-
-    @property
-    def path_key(self) -> str:
-        """The key messages name: dataset.root for folder sources, dataset.path for a file."""
-        return "dataset.root" if self.source in FOLDER_SOURCES else "dataset.path"
-
-    @model_validator(mode="after")
-    def _path_needed(self) -> "DatasetConfig":
-        if self.source in (*FOLDER_SOURCES, "npz") and not self.path:
-            what = "the .npz file" if self.source == "npz" else "the data folder"
-            raise ValueError(f"{self.path_key} is required for source '{self.source}': {what} (see docs/data.md)")
-        if len(self.size) not in (2, 3):
-            raise ValueError("dataset.size must be [H, W] or [D, H, W]")
-        return self
-
-
-class DecompositionConfig(_Section):
-    """How every input is cut into subimages (2D) or subvolumes (3D)."""
-
-    grid: list[int] = Field(default_factory=lambda: [2, 2], description="[rows, cols] or [d, h, w]")
-    overlap: int = Field(0, ge=0, description="pixels shared by neighbouring subdomains")
-
-    @field_validator("grid")
-    @classmethod
-    def _grid_shape(cls, grid: list[int]) -> list[int]:
-        if len(grid) not in (2, 3):
-            raise ValueError("grid must have 2 entries [rows, cols] for images or 3 [d, h, w] for volumes")
-        if any(g < 1 for g in grid):
-            raise ValueError("every grid entry must be >= 1")
-        return grid
-
-    @property
-    def num_subdomains(self) -> int:
-        n = 1
-        for g in self.grid:
-            n *= g
-        return n
-
-
-class LocalModelConfig(_Section):
-    """The local CNNs' family (the global baseline is the same family at width 1); options are checked
-    against the family by ``RunConfig`` (they may depend on the dimensions), see docs/models.md."""
-
-    name: str = "small_cnn"
-    width: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["auto"] = Field(
-        0.5,
-        description="fraction of the global model's channels; 'auto': 1/sqrt(subdomains), so that the local CNNs "
-        "together have about the global model's parameters (results.json 'parameters' gives the ratio)",
-    )
-    stem: Literal["small", "imagenet"] | None = Field(
-        None, description="resnet18, mobilenet_v2: 'small' (default: stride 1, for small subimages) or 'imagenet' (large images)"
-    )
-    head: Literal["gap", "classic"] | None = Field(
-        None, description="vgg11: 'gap' (default: global average pool, small classifier) or 'classic' (7x7, 4096-4096; 2D)"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        from ddray.models.registry import list_models
-
-        known = list_models()
-        if name not in known:
-            raise ValueError(f"unknown model '{name}'; known models: {', '.join(known)}")
-        return name
-
-    @field_validator("width", mode="before")
-    @classmethod
-    def _width_or_auto(cls, width: Any) -> Any:
-        if width == "auto":
-            return width
-        try:
-            value = float(width) if not isinstance(width, bool) else None
-        except (TypeError, ValueError):
-            value = None
-        if value is None or not 0 < value <= 1:  # NaN fails here too
-            raise ValueError(f"{width!r} is neither a number in (0, 1] nor 'auto'")
-        return value
-
-    def resolved_width(self, num_subdomains: int) -> float:
-        """The width the local CNNs are built with: the configured one, or for 'auto' 1/sqrt(N) in (0, 1]."""
-        if self.width != "auto":
-            return float(self.width)
-        return min(1.0, round(1.0 / num_subdomains**0.5, 4))
-
-
-class AugmentConfig(_Section):
-    """Random changes to each training batch, drawn per sample from the run's seed; validation and test data are never changed."""
-
-    flip: bool = Field(False, description="mirror a random half of the samples left-right (the last axis)")
-    crop_padding: int = Field(
-        0, ge=0, description="pad every side by this many pixels, then crop a random window of the original size (CIFAR: 4)"
-    )
-
-
-class TrainingConfig(_Section):
-    """How local CNNs, comparison models and Tune trials train (recipe keys: docs/recipes.md)."""
-
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.003, gt=0.0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = Field(0.0, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
-    checkpoint_every: int = Field(
-        1, ge=1, description="epochs between resumable checkpoints of a local CNN (a restarted worker redoes at most "
-        "checkpoint_every - 1 epochs); raise it when checkpoints go to a bucket and epochs are short"
-    )
-    schedule: Literal["none", "cosine", "step"] = Field(
-        "none", description="learning rate per epoch: constant, cosine annealing to 0 over the epochs, or step decay"
-    )
-    step_size: int = Field(10, ge=1, description="schedule 'step': epochs between decays")
-    gamma: float = Field(0.1, gt=0.0, le=1.0, description="schedule 'step': factor applied to the lr at each decay")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="training steps under autocast in bf16 or fp16 (fp16 with a gradient scaler); evaluation stays float32"
-    )
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="stop after this many epochs without a better validation accuracy (the best epoch's weights are kept)"
-    )
-
-
-class DNNConfig(_Section):
+class DNNConfig(Section):
     hidden: list[int] = Field(default_factory=lambda: [64])
     epochs: int = Field(60, ge=1)
     lr: float = Field(0.003, gt=0.0)
@@ -204,7 +53,7 @@ class DNNConfig(_Section):
         return hidden
 
 
-class AggregationConfig(_Section):
+class AggregationConfig(Section):
     methods: list[Literal["dnn", "average", "vote"]] = Field(default_factory=lambda: ["dnn", "average", "vote"])
     dnn: DNNConfig = Field(default_factory=DNNConfig)
 
@@ -216,51 +65,7 @@ class AggregationConfig(_Section):
         return list(dict.fromkeys(methods))
 
 
-class ResourcesConfig(_Section):
-    cpus_per_subdomain: float = Field(1.0, gt=0.0)
-    gpus_per_subdomain: float = Field(0.0, ge=0.0, description="fractional values share one GPU, e.g. 0.25")
-    max_retries: int = Field(2, ge=0, description="restarts of a dead subdomain worker, resumed from its checkpoint")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers for the global / coherent baselines")
-    max_runtime_s: float | None = Field(
-        None, gt=0, description="the REST service stops the job after this many seconds (its DDRAY_MAX_JOB_SECONDS caps it)"
-    )
-    require_cuda: bool = Field(
-        False,
-        description=(
-            "with gpus_per_subdomain > 0: fail a subdomain whose worker sees no CUDA device instead of training it "
-            "on CPU (the default falls back to CPU with a warning in the job log; results.json local[i].device "
-            "says where each subdomain trained)"
-        ),
-    )
-
-    @field_validator("gpus_per_subdomain")
-    @classmethod
-    def _gpu_fraction(cls, gpus: float) -> float:
-        if gpus > 1 and gpus != int(gpus):
-            raise ValueError("gpus_per_subdomain above 1 must be a whole number (e.g. 2), below 1 a fraction (e.g. 0.25)")
-        return gpus
-
-    @model_validator(mode="after")
-    def _cuda_needs_gpu(self) -> "ResourcesConfig":
-        if self.require_cuda and self.gpus_per_subdomain == 0:
-            raise ValueError("require_cuda: true needs gpus_per_subdomain > 0 (e.g. 0.5); or drop require_cuda")
-        return self
-
-
-class BaselinesConfig(_Section):
-    """Training of the comparison models named in ``compare``; unset fields follow ``training``."""
-
-    epochs: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0.0)
-    batch_size: int | None = Field(None, ge=1, description="global batch, split over resources.num_workers")
-    transfer_init: Literal["locals", "locals_and_dnn"] = Field(
-        "locals",
-        description="the transfer model's start: the trained local CNNs with a fresh DNN (the papers' wording), or "
-        "the local CNNs and the trained DNN (needs 'dnn' in aggregation.methods)",
-    )
-
-
-class SearchSpaceEntry(_Section):
+class SearchSpaceEntry(Section):
     """One hyperparameter's sampler; exactly one of the keys is set."""
 
     choice: list[Any] | None = None
@@ -290,7 +95,7 @@ class SearchSpaceEntry(_Section):
 TUNABLE = ("lr", "weight_decay", "batch_size", "width", "epochs", "optimizer")
 
 
-class TuneConfig(_Section):
+class TuneConfig(Section):
     """Per-subdomain hyperparameter search with Ray Tune."""
 
     num_samples: int = Field(2, ge=1)
@@ -340,7 +145,7 @@ class TuneConfig(_Section):
         return self
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """A whole ddray job."""
 
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
