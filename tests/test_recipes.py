@@ -258,6 +258,23 @@ def test_early_stopping_stops_keeps_the_best_weights_and_stays_stopped_on_resume
     assert len(again.history) == run and again.resumed_from_epoch == run, "a restarted worker does not train on"
 
 
+def test_a_tune_trial_sends_its_early_stopped_last_epoch_once(tmp_path):
+    """Tune gets every epoch once: the epoch at which fit stops early goes out with the trial's artifacts."""
+    from ddray.orchestration.tune.trial import _TuneReporter
+
+    reporter = _TuneReporter(0, 30, "fp", tmp_path, "node", patience=2)
+    last = []
+
+    class Watch(Callback):
+        def on_epoch_end(self, epoch, metrics, model):
+            reporter.track(metrics)
+            last.append(reporter.is_last(epoch))
+
+    result = _fit(_recorder(), _images(), RecipeSpec(early_stopping_patience=2), epochs=30,
+                  optimizer=OptimizerSpec("sgd", 0.5), callbacks=[Watch()])
+    assert len(result.history) < 30 and last == [False] * (len(result.history) - 1) + [True]
+
+
 def test_without_patience_every_epoch_runs():
     result = _fit(Recorder(64), _images(), RecipeSpec(), epochs=5, optimizer=OptimizerSpec("sgd", 1e-9))
     assert len(result.history) == 5

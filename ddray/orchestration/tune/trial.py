@@ -46,8 +46,9 @@ RESULT_FILE = "local.json"
 class _TuneReporter(Callback):
     """Reports each epoch to Tune with the resumable state as checkpoint (the last epoch is reported by the trial)."""
 
-    def __init__(self, subdomain: int, epochs: int, data_fingerprint: str, workdir: Path, node_id: str):
+    def __init__(self, subdomain: int, epochs: int, data_fingerprint: str, workdir: Path, node_id: str, patience: int | None = None):
         self.subdomain, self.epochs, self.fp, self.workdir, self.node_id = subdomain, epochs, data_fingerprint, workdir, node_id
+        self.patience = patience  # the recipe's early stopping: its last epoch goes out with the artifacts too
         self.best_epoch, self.best_acc, self.best_loss = 0, float("nan"), float("nan")
         self.resumed_from_epoch = 0
         self.report_seconds = 0.0  # time spent handing results and checkpoints to Tune
@@ -56,6 +57,11 @@ class _TuneReporter(Callback):
         """Same rule as ``fit``'s keep_best: first epoch, then strictly better validation accuracy."""
         if self.best_epoch == 0 or metrics["val_accuracy"] > self.best_acc:
             self.best_epoch, self.best_acc, self.best_loss = int(metrics["epoch"]), metrics["val_accuracy"], metrics["val_loss"]
+
+    def is_last(self, epoch: int) -> bool:
+        """The trial's last epoch: the planned last one, or the one at which early stopping ends ``fit``
+        (its rule: ``patience`` epochs since the best), so that no epoch is reported to Tune twice."""
+        return epoch >= self.epochs or (self.patience is not None and epoch - self.best_epoch >= self.patience)
 
     def metrics(self, m: Mapping[str, float]) -> dict[str, Any]:
         return {
@@ -75,7 +81,7 @@ class _TuneReporter(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: Any) -> None:
         self.track(metrics)
-        if epoch < self.epochs:  # the last epoch goes out with the finished artifacts
+        if not self.is_last(epoch):  # the last epoch goes out with the finished artifacts
             t0 = time.perf_counter()
             tune.report(self.metrics(metrics), checkpoint=tune.Checkpoint.from_directory(str(self.workdir)))
             self.report_seconds += time.perf_counter() - t0
@@ -115,7 +121,8 @@ def subdomain_trial(
     workdir = Path(tempfile.mkdtemp(prefix=f"ddray-sub{index:03d}-"))
     try:
         state = workdir / STATE_FILE
-        reporter = _TuneReporter(index, spec.epochs, data_fp, workdir, ray.get_runtime_context().get_node_id())
+        node = ray.get_runtime_context().get_node_id()
+        reporter = _TuneReporter(index, spec.epochs, data_fp, workdir, node, spec.recipe.early_stopping_patience)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
