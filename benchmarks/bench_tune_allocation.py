@@ -16,7 +16,7 @@ change with the seed), mean +- std: the final DNN test accuracy, the best valida
 informative subdomains 0 and 1 (what the search maximises) and their local test accuracy, and the
 trials they received.
 
-    python benchmarks/bench_tune_allocation.py [--seeds 0 1 2] [--num-samples 3] [--epochs 3]
+    python benchmarks/bench_tune_allocation.py [--seeds 0 1 2 3 4] [--num-samples 4] [--min-trials 2] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def _ms(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--num-samples", type=int, default=3, help="uniform: trials per subdomain; budget = this x 4")
-    parser.add_argument("--min-trials", type=int, default=1, help="adaptive: tune.min_trials_per_subdomain")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--num-samples", type=int, default=4, help="uniform: trials per subdomain; budget = this x 4")
+    parser.add_argument("--min-trials", type=int, default=2, help="adaptive: tune.min_trials_per_subdomain")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=600)
     parser.add_argument("--strong", type=float, default=0.5)

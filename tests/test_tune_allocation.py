@@ -48,8 +48,12 @@ def test_diminishing_returns_spread_trials_and_ties_go_to_lower_index():
     assert plan == [0, 0, 0]
 
 
-def test_nothing_to_gain_leaves_trials_unspent():
-    # all at chance, all failed, or saturated at 100 %: no trial is planned
+def test_no_evidence_anywhere_falls_back_to_uniform_and_saturation_leaves_trials_unspent():
+    # at chance, all failed, saturated: no subdomain shows a gain, so the budget is spread (fewest trials
+    # first) over those not already at 100 %
+    # nothing above chance anywhere (at chance, or all failed): too little evidence, uniform, fewest trials first
+    assert allocate({0: [0.25, 0.26, 0.24], 1: [None, None]}, {0: 3, 1: 2}, 3, chance=CHANCE, n_val=N_VAL) == [1, 0, 1]
+    # the only subdomain above chance is at 100 %: the at-chance and failed ones still get nothing; unspent
     histories = {0: [0.25, 0.26], 1: [None, None], 2: [1.0, 1.0]}
     assert allocate(histories, {0: 2, 1: 2, 2: 2}, 5, chance=CHANCE, n_val=N_VAL) == []
     # failed trials count as spent but give no evidence; the other results still decide

@@ -21,8 +21,10 @@ more trial: the expected rise of its best validation accuracy.
   ``best <= chance + AT_CHANCE_Z * sqrt(chance (1 - chance) / n_val)``), one without any finished
   trial (all failed), or one already at 100 % gets gain 0 and no trial beyond its minimum. The
   gain is also capped by the headroom ``1 - best``.
-- Trials that cannot help anywhere (every gain 0) are not run: ``allocate`` returns fewer
-  subdomains than asked, and the search ends with those trials unspent.
+- When *no* subdomain is above chance (every one at chance or failed after the minimum), the
+  evidence is too thin to act on: the round falls back to uniform (fewest trials first), so the
+  budget is kept. Only when every subdomain above chance is already at 100 % are trials left
+  unspent (``allocate`` returns fewer subdomains than asked).
 
 Why this rule: it needs only the numbers every trial reports, it is exact for the one thing it
 models (the expected best of n draws), and it answers the two cases the issue names: a subdomain at
@@ -124,6 +126,14 @@ def allocate(
     states = {i: assess(histories.get(i, ()), trials.get(i, 0), chance=chance, n_val=n_val) for i in trials}
     planned = {i: 0 for i in states}
     out: list[int] = []
+    if states and all(s.at_chance for s in states.values()):
+        # no subdomain is above chance (or all failed): the minimum was too small to tell anything;
+        # fall back to uniform, fewest trials first
+        for _ in range(max(0, int(count))):
+            i = min(states, key=lambda k: (states[k].trials + planned[k], k))
+            planned[i] += 1
+            out.append(i)
+        return out
     for _ in range(max(0, int(count))):
         gains = {i: expected_gain(s, planned[i]) for i, s in states.items()}
         best = max(sorted(gains), key=lambda i: gains[i], default=None)
