@@ -53,13 +53,17 @@ def test_cli_prints_a_config_that_validates(tmp_path, capsys):
 def test_rest_suggest_validates_confines_and_answers(tmp_path):
     from fastapi.testclient import TestClient
 
+    from api.deps import get_runner
     from api.main import create_app
     from api.settings import ServiceSettings
+    from service_doubles import FakeRunner
 
     token = "suggest-test-token-0123456789"
     root = tmp_path / "data"
     root.mkdir()
     app = create_app(ServiceSettings(api_token=token, state_dir=tmp_path / "state", data_roots=[root]))
+    fake = FakeRunner()
+    app.dependency_overrides[get_runner] = lambda: fake  # no Ray: the route never needs the runner
     auth = {"Authorization": f"Bearer {token}"}
     with TestClient(app) as client:
         assert client.post("/suggest", json={"config": DIGITS}).status_code == 401
