@@ -78,6 +78,15 @@ def test_config_keys_and_errors_naming_the_key():
                            "space": {"lr": {"grid": [0.001, 0.01]}}}})
 
 
+def test_rest_jobs_accept_the_allocation_keys():
+    from api.schemas import JobCreate
+
+    job = JobCreate.model_validate({"config": {"tune": {"num_samples": 3, "allocation": "adaptive", "min_trials_per_subdomain": 2}}})
+    assert job.config.tune.allocation == "adaptive"
+    with pytest.raises(Exception, match="min_trials_per_subdomain"):
+        JobCreate.model_validate({"config": {"tune": {"num_samples": 1, "allocation": "adaptive"}}})
+
+
 def _searcher(**kw):
     from ray import tune
 
