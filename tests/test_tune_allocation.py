@@ -187,3 +187,44 @@ def test_adaptive_search_end_to_end(ray_cluster, tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())["tune"]
     assert saved["trials_per_subdomain"] == t["trials_per_subdomain"]
     assert (tmp_path / "run" / "tune_allocation.png").exists()
+
+
+@pytest.mark.ray
+def test_interrupted_adaptive_search_resumes_its_rounds(ray_cluster, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from ddray.orchestration import driver
+    from ddray.orchestration.tune import SearchInterrupted
+
+    config = parse_config({
+        "dataset": {"source": "synthetic", "kind": "count", "samples": 200, "size": [16, 16]},
+        "decomposition": {"grid": [1, 2]},
+        "local_model": {"name": "small_cnn", "width": 0.25},
+        "training": {"epochs": 3, "batch_size": 32},
+        "aggregation": {"methods": ["average"]},
+        "tune": {"num_samples": 2, "allocation": "adaptive", "min_trials_per_subdomain": 1,
+                 "max_concurrent_trials": 1, "space": {"lr": {"loguniform": [0.0003, 0.01]}}},
+    })
+    out = tmp_path / "run"
+    original_update = driver.ProgressTracker.update
+    started: list[str] = []
+
+    def interrupt_in_round_1(self, event):  # the third trial is the first of round 1 (one trial at a time)
+        original_update(self, event)
+        if event.get("status") == "running" and event.get("trial") not in started:
+            started.append(event["trial"])
+        if len(started) == 3 and event.get("trial") == started[2] and event.get("epoch", 0) >= 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(driver.ProgressTracker, "update", interrupt_in_round_1)
+    with pytest.raises(SearchInterrupted):
+        driver.run(config, out)
+    monkeypatch.setattr(driver.ProgressTracker, "update", original_update)
+    results = driver.run(config, out, resume=True)
+    t = results["tune"]
+    assert t["restored"] is True and t["budget"] == 4
+    assert sum(t["trials_per_subdomain"]) + t["unspent"] == 4 and len(t["trials"]) == sum(t["trials_per_subdomain"])
+    rounds = [r["round"] for r in t["trials"]]
+    assert rounds.count(0) == 2 and max(rounds) >= 1  # round 0 from the first session, later rounds after the resume
+    assert [e["subdomain"] for e in t["best"]] == [0, 1]
