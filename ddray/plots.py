@@ -265,8 +265,11 @@ def plot_tune_allocation(results: dict[str, Any], path: Path) -> None:
     for ax, values, title, fmt, cmap in ((axes[0, 0], best, "best validation accuracy", "{:.2f}", "viridis"),
                                          (axes[0, 1], trials, "trials", "{:.0f}", "magma")):
         mesh = ax.imshow(np.ma.masked_invalid(values), cmap=cmap)
+        low, high = mesh.get_clim()
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, "n/a" if not np.isfinite(v) else fmt.format(v), ha="center", va="center", fontsize=8, color="white")
+            bright = np.isfinite(v) and high > low and (v - low) / (high - low) > 0.6
+            ax.text(j, i, "n/a" if not np.isfinite(v) else fmt.format(v), ha="center", va="center", fontsize=8,
+                    color="black" if bright else "white")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=9)
