@@ -17,7 +17,7 @@ import ddray
 from api.deps import get_runner
 from api.files import JobViewCache, JsonFileCache
 from api.predict import ModelCache
-from api.routes import health, jobs
+from api.routes import health, jobs, suggest
 from api.runner import JobRunner, Runner
 from api.security import token_problem
 from api.settings import ServiceSettings
@@ -206,6 +206,7 @@ def create_app(settings: ServiceSettings, runner: Runner | None = None, store: J
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(suggest.router)
     app.add_middleware(BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.add_middleware(JobPollFastPath, views=app.state.job_views, store=store)
     app.add_middleware(TokenGate, token=settings.token)  # outermost: nothing is read before the token is checked

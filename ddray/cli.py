@@ -60,9 +60,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config file without running it")
     p.add_argument("config")
 
+    _add_suggest_parser(sub)
     _add_serve_parser(sub)
     register_client_commands(sub)
     return parser
+
+
+def _add_suggest_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("suggest", help="inspect the data, time candidate local models, print a complete runnable config")
+    p.add_argument("config", help="YAML config with at least a dataset: section")
+    p.add_argument("--gpus", type=float, default=0.0, help="GPUs the run may use (default 0)")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs the run may use (default: all of this machine)")
+    p.add_argument("--hours", type=float, default=None, help="time budget: epochs are chosen to fit it")
+    p.add_argument("--output", "-o", help="also write the config to this file")
+    p.set_defaults(handler=_suggest)
+
+
+def _suggest(args: argparse.Namespace, console: Console) -> int:
+    import yaml
+
+    from ddray.config import ConfigError
+    from ddray.suggest import suggest
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    with console.status("timing candidate local models ..."):
+        result = suggest(raw, cpus=args.cpus, gpus=args.gpus, hours=args.hours)
+    if args.output:
+        Path(args.output).write_text(result.text)
+        console.print(f"[bold]ddray[/]: suggested config written to {args.output} (predicted wall {result.predicted_wall_s:.0f} s)")
+    print(result.text, end="")
+    return 0
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:

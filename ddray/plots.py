@@ -6,6 +6,8 @@
 - ``confusion_matrix.png``: the DNN on the test set (:func:`plot_confusion`).
 - ``subdomain_accuracy.png``: each local CNN's test accuracy laid over the decomposition grid,
   one panel per depth slice of a 3D grid (:func:`plot_subdomain_accuracy`).
+- ``tune_allocation.png``: with a Tune search, each subdomain's best validation accuracy and the
+  trials it got, over the grid (:func:`plot_tune_allocation`).
 
 The arranging functions (:func:`grid_values`, :func:`confusion_matrix`, :func:`median_curve`)
 are pure numpy, so tests check where values go without reading pixels.
@@ -24,6 +26,7 @@ ACCURACY_PNG = "accuracy.png"
 LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 SUBDOMAIN_PNG = "subdomain_accuracy.png"
+TUNE_PNG = "tune_allocation.png"
 KIND_COLORS = {"local": "#9bb7d4", "aggregation": "#2a6f97", "baseline": "#e07a5f"}
 BASELINE_COLORS = {"global": "#e07a5f", "coherent": "#81b29a", "transfer": "#9c6ade"}
 
@@ -243,6 +246,39 @@ def plot_subdomain_accuracy(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def tune_grids(results: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(best validation accuracy, trials) of each subdomain's search, on the grid flattened to 2D (depth slices side by side)."""
+    grid = [int(g) for g in (results.get("decomposition") or {}).get("grid") or results["config"]["decomposition"]["grid"]]
+    tune = results.get("tune") or {}
+    best = grid_values({int(e["subdomain"]): e.get("validation_accuracy") for e in tune.get("best", [])}, grid)
+    trials = grid_values(dict(enumerate(tune.get("trials_per_subdomain") or [])), grid)
+    flat = lambda a: np.concatenate(list(a.reshape(-1, grid[-2], grid[-1])), axis=1)  # noqa: E731
+    return flat(best), flat(trials)
+
+
+def plot_tune_allocation(results: dict[str, Any], path: Path) -> None:
+    """Two heat maps over the grid: best validation accuracy of each subdomain's trials, and how many trials it got."""
+    plt = _pyplot()
+    best, trials = tune_grids(results)
+    tune = results.get("tune") or {}
+    fig, axes = plt.subplots(1, 2, figsize=(4.0 + 0.6 * best.shape[1] * 2, 1.5 + 0.6 * best.shape[0]), squeeze=False)
+    for ax, values, title, fmt, cmap in ((axes[0, 0], best, "best validation accuracy", "{:.2f}", "viridis"),
+                                         (axes[0, 1], trials, "trials", "{:.0f}", "magma")):
+        mesh = ax.imshow(np.ma.masked_invalid(values), cmap=cmap)
+        low, high = mesh.get_clim()
+        for (i, j), v in np.ndenumerate(values):
+            bright = np.isfinite(v) and high > low and (v - low) / (high - low) > 0.6
+            ax.text(j, i, "n/a" if not np.isfinite(v) else fmt.format(v), ha="center", va="center", fontsize=8,
+                    color="black" if bright else "white")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(mesh, ax=ax, shrink=0.8)
+    fig.suptitle(f"Tune search per subdomain ({tune.get('allocation', 'uniform')} allocation, "
+                 f"{int(np.nansum(trials))} trials)", fontsize=10)
+    _save(fig, path)
+
+
 def write_pictures(
     results: dict[str, Any],
     out_dir: Path,
@@ -260,6 +296,8 @@ def write_pictures(
         todo.append((CONFUSION_PNG, lambda path: plot_confusion(confusion, path, names)))
     if results.get("local"):
         todo.append((SUBDOMAIN_PNG, lambda path: plot_subdomain_accuracy(results, path)))
+    if (results.get("tune") or {}).get("trials_per_subdomain"):
+        todo.append((TUNE_PNG, lambda path: plot_tune_allocation(results, path)))
     written = []
     for name, draw in todo:
         try:

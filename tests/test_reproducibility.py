@@ -123,7 +123,7 @@ def test_two_runs_with_tune_and_the_same_seed_agree(ray_cluster, tmp_path):
     assert [e["test_accuracy"] for e in first["local"]] == [e["test_accuracy"] for e in second["local"]]
     assert first["aggregation"]["dnn"]["test_accuracy"] == second["aggregation"]["dnn"]["test_accuracy"]
     assert first["baselines"]["global"]["test_accuracy"] == second["baselines"]["global"]["test_accuracy"]
-    assert first["tune"]["trials"] == {"completed": 4}
+    assert first["tune"]["trial_status"] == {"completed": 4}
     # everything else in results.json too, timings and run identities aside ...
     assert comparable(first) == comparable(second)
     assert json.loads((tmp_path / "b" / "results.json").read_text())["dataset"]["fingerprint"] == fingerprint

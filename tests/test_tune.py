@@ -157,7 +157,7 @@ def test_search_picks_each_subdomains_best_trial_by_validation(searched_run):
     results, out, config = searched_run
     best = {e["subdomain"]: e for e in results["tune"]["best"]}
     assert sorted(best) == [0, 1]
-    assert results["tune"]["trials"] == {"completed": 4}
+    assert results["tune"]["trial_status"] == {"completed": 4}
     for sub in (0, 1):
         trials = pd.read_csv(out / "tune" / f"sub{sub:03d}_trials.csv")
         assert len(trials) == 2 and set(trials.status) == {"completed"}

@@ -105,6 +105,13 @@ class TuneConfig(Section):
     max_concurrent_trials: int | None = Field(None, ge=1)
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    allocation: Literal["uniform", "adaptive"] = Field(
+        "uniform",
+        description="uniform: num_samples trials (x grid points) for every subdomain; adaptive: the same total, "
+        "min_trials_per_subdomain each first, the rest in rounds to the subdomains where another trial is expected "
+        "to raise validation accuracy most (docs/tuning.md)",
+    )
+    min_trials_per_subdomain: int = Field(2, ge=1, description="adaptive: trials every subdomain gets before the rest is allocated")
 
     @field_validator("space")
     @classmethod
@@ -137,6 +144,20 @@ class TuneConfig(Section):
                 if not isinstance(v, (int, float)) or isinstance(v, bool) or not ok(v):
                     raise ValueError(f"tune.space.{name}: {v!r} is {why if isinstance(v, (int, float)) else 'not a number'}")
         return space
+
+    @model_validator(mode="after")
+    def _budget_covers_minimum(self) -> "TuneConfig":
+        if self.allocation == "adaptive":
+            per_subdomain = self.num_samples
+            for e in self.space.values():
+                per_subdomain *= len(e.grid) if e.grid is not None else 1
+            if self.min_trials_per_subdomain > per_subdomain:
+                raise ValueError(
+                    f"tune.min_trials_per_subdomain ({self.min_trials_per_subdomain}) is above the trials per subdomain of "
+                    f"the budget (num_samples x grid points = {per_subdomain}): lower tune.min_trials_per_subdomain "
+                    f"or raise tune.num_samples"
+                )
+        return self
 
     @model_validator(mode="after")
     def _optuna_no_grid(self) -> "TuneConfig":

@@ -26,11 +26,16 @@ Design
   choosing its best trial with the pure rules of :mod:`.selection` (validation only; failed,
   stopped and skipped trials are never candidates).
 
+- How the budget is shared: ``tune.allocation: uniform`` (``num_samples`` x grid points per
+  subdomain) or ``adaptive`` (the same total in rounds, where another trial is expected to raise
+  validation accuracy most): :mod:`.adaptive` (the searcher) and :mod:`.allocation` (the pure rule,
+  no Ray); docs/tuning.md.
+
 - Resume and interruption: :mod:`.search` (``Tuner.restore`` of ``RUN/tune/search``,
   :class:`SearchInterrupted`).
 
 Modules: :mod:`.space` (the ``tune:`` section as Tune samplers), :mod:`.searcher`,
-:mod:`.scheduler`, :mod:`.trial` (runs on Tune's actors), :mod:`.selection` (no Ray),
+:mod:`.adaptive`, :mod:`.allocation` (no Ray), :mod:`.scheduler`, :mod:`.trial` (runs on Tune's actors), :mod:`.selection` (no Ray),
 :mod:`.monitor` and :mod:`.search` (the driver side). The package exports :func:`run_search` and
 :class:`SearchInterrupted`, loaded on first use: importing :mod:`.selection` alone imports no Ray.
 """

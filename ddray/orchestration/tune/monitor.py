@@ -48,6 +48,7 @@ class SearchMonitor:
     on_event: Callable[[dict], None]
     on_result: Callable[[LocalResult, dict], None]
     best: dict[int, dict]
+    budget: int | None = None  # adaptive allocation: the experiment's trial budget (per_subdomain is then unused)
     finalised: set[int] = field(default_factory=set)  # attempted, whether it succeeded or raised
     ended: set[str] = field(default_factory=set)
     ended_before: set[str] | None = None
@@ -85,7 +86,9 @@ class SearchMonitor:
         index = int(trial.config.get("subdomain", -1))
         if index in self.tasks and index not in self.finalised:
             mine = [t for t in trials if int(t.config.get("subdomain", -1)) == index]
-            if len(mine) >= self.per_subdomain and all(self._has_ended(t, current=trial) for t in mine):
+            # uniform: the subdomain has all its trials; adaptive: the whole budget is handed out, so no more can come
+            complete = len(trials) >= self.budget if self.budget is not None else len(mine) >= self.per_subdomain
+            if complete and all(self._has_ended(t, current=trial) for t in mine):
                 self.finalise(index, [TrialRecord.from_trial(t) for t in mine])
 
     # -- helpers -----------------------------------------------------------

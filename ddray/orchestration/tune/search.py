@@ -10,6 +10,7 @@ SIGUSR1, which Tune turns into a graceful stop that saves its state) raises
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -24,16 +25,19 @@ from ddray.errors import SubdomainFailed
 from ddray.orchestration.tune.monitor import MonitorCallback, SearchMonitor, monitoring
 from ddray.orchestration.tune.scheduler import PerSubdomainScheduler
 from ddray.orchestration.tune.searcher import OPTUNA_WINDOW, SubdomainSearcher
-from ddray.orchestration.tune.selection import BEST_FILE, TrialRecord, read_best
+from ddray.orchestration.tune.selection import BEST_FILE, TrialRecord, per_subdomain_counts, read_best, trial_row
 from ddray.orchestration.tune.space import max_epochs, metric_keys, search_space, trials_per_subdomain
 from ddray.orchestration.tune.trial import make_trainable
 from ddray.run_dir import RunDir
+from ddray.storage import write_json
 from ddray.training.local import LocalResult
 
 if TYPE_CHECKING:
     from ddray.orchestration.local_phase import LocalTask
 
 EXPERIMENT = "search"
+TRIALS_FILE = "trials.json"  # every trial of every session (results.json tune.trials)
+ALLOCATION_FILE = "allocation.json"  # adaptive: the experiment's budget, kept for a restored search
 # One search at a time per driver process: Tune's trainable registry is process-global and not
 # thread-safe (ray-project/ray#30091). Separate processes (the REST service's jobs) are separate drivers.
 _ONE_SEARCH = threading.Lock()
@@ -71,6 +75,9 @@ def run_search(
     for records in (monitor.records.values() if monitor else []):
         for r in records:
             counts[r.status] = counts.get(r.status, 0) + 1
+    rows = _trial_rows(out_dir, monitor)
+    n = config.decomposition.num_subdomains
+    budget = _budget(out_dir, trials_per_subdomain(tune_cfg) * n)
     return {
         "best": [best[i] for i in sorted(best)],
         "metric": metric,
@@ -78,9 +85,15 @@ def run_search(
         "search_alg": tune_cfg.search_alg,
         "scheduler": tune_cfg.scheduler,
         "num_samples": tune_cfg.num_samples,
-        "trials_per_subdomain": trials_per_subdomain(tune_cfg),
+        "allocation": tune_cfg.allocation,
+        "min_trials_per_subdomain": tune_cfg.min_trials_per_subdomain if tune_cfg.allocation == "adaptive" else None,
+        "budget": budget,
+        "rounds": max((r["round"] for r in rows), default=-1) + 1,
+        "unspent": max(0, budget - len(rows)) if tune_cfg.allocation == "adaptive" else 0,
+        "trials_per_subdomain": per_subdomain_counts(rows, n),
         "max_concurrent_trials": concurrency,
-        "trials": counts,
+        "trials": rows,
+        "trial_status": counts,
         "failed_trials": monitor.failures if monitor else [],
         "experiment_path": experiment_path,
         "restored": restored,
@@ -114,9 +127,7 @@ def _search(
     if restored:
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        searcher = SubdomainSearcher(
-            [t.sub.index for t in tasks],
-            search_space(tune_cfg),
+        common = dict(
             num_samples=tune_cfg.num_samples,
             algorithm=tune_cfg.search_alg,
             metric=selection_metric,
@@ -124,6 +135,15 @@ def _search(
             seed=config.seed,
             window=tune_cfg.max_concurrent_trials or OPTUNA_WINDOW,  # not the cluster's slots: same W everywhere
         )
+        indices, space = [t.sub.index for t in tasks], search_space(tune_cfg)
+        if tune_cfg.allocation == "adaptive":
+            from ddray.orchestration.tune.adaptive import AdaptiveSearcher
+
+            chance, n_val = _chance(data_ref)
+            searcher = AdaptiveSearcher(indices, space, min_trials=tune_cfg.min_trials_per_subdomain, chance=chance, n_val=n_val, **common)
+            write_json(out_dir / ALLOCATION_FILE, {"budget": total, "chance": chance, "n_val": n_val, "subdomains": indices})
+        else:
+            searcher = SubdomainSearcher(indices, space, **common)
         scheduler = None
         if tune_cfg.scheduler == "asha":
             scheduler = PerSubdomainScheduler(
@@ -160,6 +180,7 @@ def _search(
         on_event=on_event,
         on_result=on_result,
         best=best,
+        budget=_budget(out_dir, total) if tune_cfg.allocation == "adaptive" else None,
     )
     with monitoring(monitor):
         grid = tuner.fit()
@@ -185,3 +206,37 @@ def _finish(monitor: SearchMonitor, grid, out_dir: Path, experiment_path: str) -
             monitor.finalise(index, [TrialRecord.from_trial(t) for t in mine])
     if monitor.errors:
         raise SubdomainFailed(" | ".join(monitor.errors))
+
+
+def _chance(data_ref: ray.ObjectRef) -> tuple[float, int]:
+    """(majority-class rate of the validation labels, validation samples): what 'at chance' means here."""
+    import numpy as np
+
+    y_val = np.asarray(ray.get(data_ref)["y_val"])
+    if y_val.size == 0:
+        return 0.0, 1
+    return float(np.bincount(y_val).max() / y_val.size), int(y_val.size)
+
+
+def _budget(out_dir: Path, default: int) -> int:
+    """The adaptive experiment's budget as first planned (a restored search has fewer tasks than it started with)."""
+    path = out_dir / ALLOCATION_FILE
+    if path.exists():
+        return int(json.loads(path.read_text())["budget"])
+    return default
+
+
+def _trial_rows(out_dir: Path, monitor: SearchMonitor | None) -> list[dict[str, Any]]:
+    """Every trial of the search, of this session and earlier ones (``RUN/tune/trials.json``), in trial-id order."""
+    path = out_dir / TRIALS_FILE
+    rows = {r["trial_id"]: r for r in (json.loads(path.read_text()) if path.exists() else [])}
+    statuses = {r.trial_id: r.status for records in (monitor.records.values() if monitor else []) for r in records}
+    for t in (monitor.trials if monitor else []):
+        record = TrialRecord.from_trial(t)
+        if record.metrics.get("skipped"):
+            continue
+        record.status = statuses.get(record.trial_id, "")
+        rows[record.trial_id] = trial_row(record)
+    out = [rows[k] for k in sorted(rows)]
+    write_json(path, out)
+    return out

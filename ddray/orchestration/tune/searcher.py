@@ -100,10 +100,12 @@ class _VariantQueue:
     """Random search for one subdomain: Tune's variant generator, ``num_samples`` passes over the grid."""
 
     def __init__(self, space: dict[str, Any], num_samples: int, seed: int):
-        rng = np.random.RandomState(seed % (2**32))
-        self.queue = [spec for _ in range(num_samples) for _, spec in generate_variants(space, random_state=rng)]
+        self.space, self.rng = space, np.random.RandomState(seed % (2**32))
+        self.queue = [spec for _ in range(num_samples) for _, spec in generate_variants(space, random_state=self.rng)]
 
     def suggest(self, trial_id: str):
+        if not self.queue:  # adaptive allocation may ask for more: another pass, from the same seeded stream
+            self.queue = [spec for _, spec in generate_variants(self.space, random_state=self.rng)]
         return self.queue.pop(0) if self.queue else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

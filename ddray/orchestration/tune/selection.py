@@ -34,6 +34,7 @@ class TrialRecord:
     checkpoint: Any  # tune.Checkpoint | None
     error: str | None
     status: str = ""  # completed | stopped | failed | skipped (set by classify)
+    round: int = 0  # allocation round (adaptive; always 0 with uniform allocation)
 
     @classmethod
     def from_trial(cls, trial: Any) -> "TrialRecord":
@@ -45,10 +46,11 @@ class TrialRecord:
         return cls(
             trial_id=trial.trial_id,
             subdomain=int(trial.config.get("subdomain", -1)),
-            config={k: v for k, v in trial.config.items() if k != "subdomain"},
+            config={k: v for k, v in trial.config.items() if k not in ("subdomain", "round")},
             metrics=dict(trial.last_result or {}),
             checkpoint=trial.checkpoint,
             error=error,
+            round=int(trial.config.get("round", 0)),
         )
 
 
@@ -128,3 +130,26 @@ def read_best(path: Path) -> dict[int, dict]:
 
 def write_best(path: Path, best: Mapping[int, dict], metric: str) -> None:
     write_json(path, {"metric": metric, "best": [best[i] for i in sorted(best)]})
+
+
+def trial_row(r: TrialRecord) -> dict[str, Any]:
+    """One trial as results.json ``tune.trials`` lists it (validation accuracy at its selected epoch; None if it never reported)."""
+    acc, seconds = r.metrics.get("selected_val_accuracy"), r.metrics.get("time_total_s")
+    return {
+        "trial_id": r.trial_id,
+        "subdomain": r.subdomain,
+        "round": r.round,
+        "config": r.config,
+        "validation_accuracy": float(acc) if finite(acc) else None,
+        "seconds": round(float(seconds), 3) if finite(seconds) else None,
+        "status": r.status or ("failed" if r.error else "completed" if r.metrics.get("final") else "stopped"),
+    }
+
+
+def per_subdomain_counts(rows: Sequence[Mapping[str, Any]], subdomains: int) -> list[int]:
+    """Trials of each subdomain 0..subdomains-1."""
+    counts = [0] * subdomains
+    for row in rows:
+        if 0 <= int(row["subdomain"]) < subdomains:
+            counts[int(row["subdomain"])] += 1
+    return counts
