@@ -250,7 +250,7 @@ def render(dataset: Mapping[str, Any], facts: DataFacts, grid: list[int], overla
         f"  # {'as many epochs as fit the time budget' if hours is not None else 'a default; give --hours to fit epochs to a budget'}"
         f" (at most {MAX_EPOCHS})",
         f"  epochs: {chosen.epochs}",
-        f"  # train samples / 20, kept between 16 and 64",
+        "  # train samples / 20, kept between 16 and 64",
         f"  batch_size: {batch}",
         "  lr: 0.003",
         "  optimizer: adam",
