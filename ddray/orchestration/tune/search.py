@@ -227,7 +227,9 @@ def _budget(out_dir: Path, default: int) -> int:
 
 
 def _trial_rows(out_dir: Path, monitor: SearchMonitor | None) -> list[dict[str, Any]]:
-    """Every trial of the search, of this session and earlier ones (``RUN/tune/trials.json``), in trial-id order."""
+    """Every trial of the search, of this session and earlier ones (``RUN/tune/trials.json``), by subdomain, round
+    and config: an order that never depends on timing (which trial Tune starts first does), so that two runs with
+    the same seed list the same trials the same way."""
     path = out_dir / TRIALS_FILE
     rows = {r["trial_id"]: r for r in (json.loads(path.read_text()) if path.exists() else [])}
     statuses = {r.trial_id: r.status for records in (monitor.records.values() if monitor else []) for r in records}
@@ -237,6 +239,6 @@ def _trial_rows(out_dir: Path, monitor: SearchMonitor | None) -> list[dict[str, 
             continue
         record.status = statuses.get(record.trial_id, "")
         rows[record.trial_id] = trial_row(record)
-    out = [rows[k] for k in sorted(rows)]
+    out = sorted(rows.values(), key=lambda r: (r["subdomain"], r["round"], json.dumps(r["config"], sort_keys=True), r["trial_id"]))
     write_json(path, out)
     return out
