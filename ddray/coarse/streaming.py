@@ -144,14 +144,13 @@ class CoarseWorker:
                 return
 
     def _work(self, finished: Mapping[int, Mapping[str, np.ndarray]]) -> None:
-        if self.multilevel is not None:
-            self.multilevel.fit_ready(finished, stop=lambda: self._stopping)
         done = len(finished)
-        if self.spec is None or self._stopping or not 0 < done < self.num_subdomains or done <= self._fitted_done:
-            return
-        with one_thread():
-            outcome = fit_partial(finished, self.labels, self.spec, self.prior)
-        self._fitted_done = done
-        entry = stream_entry(list(finished), self.clock(), outcome)
-        self.entries.append(entry)
-        self.on_entry(entry)
+        if self.spec is not None and 0 < done < self.num_subdomains and done > self._fitted_done:  # the answer first
+            with one_thread():
+                outcome = fit_partial(finished, self.labels, self.spec, self.prior)
+            self._fitted_done = done
+            entry = stream_entry(list(finished), self.clock(), outcome)
+            self.entries.append(entry)
+            self.on_entry(entry)
+        if self.multilevel is not None:  # then every region whose subdomains are all done
+            self.multilevel.fit_ready(finished, stop=lambda: self._stopping)

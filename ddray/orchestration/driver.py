@@ -219,7 +219,7 @@ def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
 
 
 def _start_coarse(
-    config: RunConfig, run_dir: RunDir, dataset: Dataset, labels: dict, tracker: ProgressTracker, clock
+    config: RunConfig, run_dir: RunDir, dataset: Dataset, labels: dict, tracker: ProgressTracker, clock, restored
 ) -> tuple[CoarseWorker | None, Multilevel | None, list[dict]]:
     """The coarse level's background thread for ``aggregation.streaming`` / ``levels`` (docs/coarse.md): (worker,
     the multilevel net, the stream's entries so far: those of earlier sessions of a resumed run)."""
@@ -228,7 +228,8 @@ def _start_coarse(
         return None, None, []
     flat = dnn_spec(config, num_subdomains=config.decomposition.num_subdomains, num_classes=dataset.num_classes)
     multilevel = Multilevel(config.decomposition.grid, agg.levels, flat, labels) if agg.levels else None
-    stream = json.loads(run_dir.stream.read_text()) if agg.streaming and run_dir.stream.exists() else []
+    earlier = json.loads(run_dir.stream.read_text()) if agg.streaming and run_dir.stream.exists() else []
+    stream = [e for e in earlier if set(e.get("subdomains") or ()) <= set(restored)]  # a resumed run's refits that still hold
 
     def on_entry(entry: dict) -> None:  # in the worker's thread
         stream.append(entry)
@@ -284,7 +285,7 @@ def _run_on_ray(
         return earlier + time.perf_counter() - local_started
 
     labels = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
-    coarse_worker, multilevel, stream = _start_coarse(config, run_dir, dataset, labels, tracker, clock)
+    coarse_worker, multilevel, stream = _start_coarse(config, run_dir, dataset, labels, tracker, clock, set(finished))
 
     def offer_finished() -> None:
         if coarse_worker is not None:
