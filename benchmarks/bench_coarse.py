@@ -81,6 +81,8 @@ def measure(results: dict) -> dict:
         "multilevel_after_local_s": multi["train_wall_s"],
         "dnn_fit_s": agg["dnn"]["train_wall_s"],
         "regions_level1": [round(r["test_accuracy"], 3) for r in multi["regions"] if r["level"] == 1],
+        "stream": [(e["subdomains_done"], e["seconds"], round(e["test_accuracy"], 4)) for e in agg["stream"]],
+        "cnn_finished_s": sorted(e.get("finished_s") for e in results["local"]),
     }
 
 

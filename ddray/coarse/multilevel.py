@@ -9,38 +9,27 @@ takes the coarsest level's. So every coarse model stays small however many subdo
 
 The global DNN is handled as one more level with one region holding every unit of the coarsest level.
 A region can be fitted as soon as its inputs exist (:meth:`Multilevel.ready`), which is how the driver
-starts regional DNNs while other subdomains still train. Every fit runs on one torch thread, so a fit
-gives the same weights whether it ran during the local phase or after it.
+starts regional DNNs while other subdomains still train. Every fit runs on one torch thread
+(:func:`ddray.aggregation.one_thread`), so a fit gives the same weights whether it ran during the local
+phase or after it.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ddray.aggregation import stack_probabilities, train_dnn
+from ddray.aggregation import one_thread, stack_probabilities, train_dnn
 from ddray.coarse.regions import hierarchy
 from ddray.models import count_parameters
 from ddray.training.loop import predict_proba
 from ddray.training.spec import DNNSpec
 
 SPLITS = ("train", "val", "test")
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for the enclosed fits (the coarse nets are small; the cores belong to the local CNNs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ddray.aggregation import DNNOutcome, stack_probabilities, train_dnn
-from ddray.coarse.multilevel import Multilevel, one_thread
+from ddray.coarse.multilevel import Multilevel
 from ddray.training.spec import DNNSpec
 
 SPLITS = ("train", "val", "test")
@@ -146,8 +146,7 @@ class CoarseWorker:
     def _work(self, finished: Mapping[int, Mapping[str, np.ndarray]]) -> None:
         done = len(finished)
         if self.spec is not None and 0 < done < self.num_subdomains and done > self._fitted_done:  # the answer first
-            with one_thread():
-                outcome = fit_partial(finished, self.labels, self.spec, self.prior)
+            outcome = fit_partial(finished, self.labels, self.spec, self.prior)  # one torch thread (train_dnn)
             self._fitted_done = done
             entry = stream_entry(list(finished), self.clock(), outcome)
             self.entries.append(entry)
