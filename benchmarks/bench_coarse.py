@@ -37,17 +37,23 @@ CASES = {
     "digits64": ({"source": "digits", "image_size": [32, 32]}, [8, 8], [[2, 2], [2, 2]]),
     "blobs3d16": ({"source": "synthetic", "kind": "blobs", "classes": 4, "samples": 600, "size": [16, 16, 16]}, [4, 2, 2], [[2, 2, 2]]),
     "blobs3d64": ({"source": "synthetic", "kind": "blobs", "classes": 4, "samples": 600, "size": [16, 16, 16]}, [4, 4, 4], [[2, 2, 2]]),
+    # the label is how many of the 2x2x2 cells are marked (9 classes): no subvolume alone can know it
+    "count3d16": ({"source": "synthetic", "kind": "count", "cells": [2, 2, 2], "samples": 800, "size": [16, 16, 16]}, [4, 2, 2], [[2, 2, 2]]),
+    "count3d64": ({"source": "synthetic", "kind": "count", "cells": [2, 2, 2], "samples": 800, "size": [16, 16, 16]}, [4, 4, 4], [[2, 2, 2]]),
 }
+DEFAULT_CASES = ["digits16", "digits64", "blobs3d16", "blobs3d64"]
 
 
-def case_config(name: str, args: argparse.Namespace) -> dict:
+def case_config(name: str, args: argparse.Namespace, coarse: bool = True) -> dict:
     dataset, grid, levels = CASES[name]
+    if not coarse:  # the plain run: one DNN after every CNN
+        levels = []
     return {
         "dataset": dataset,
         "decomposition": {"grid": grid, "overlap": 0},
         "local_model": {"name": "small_cnn", "width": args.width},
         "training": {"epochs": args.epochs, "batch_size": 64, "lr": 0.01},
-        "aggregation": {"dnn": {"hidden": [64], "epochs": args.dnn_epochs, "lr": 0.01}, "streaming": True, "levels": levels},
+        "aggregation": {"dnn": {"hidden": [64], "epochs": args.dnn_epochs, "lr": 0.01}, "streaming": coarse, "levels": levels},
         "resources": {"cpus_per_subdomain": 1},
         "seed": 0,
     }
@@ -88,7 +94,8 @@ def measure(results: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
+    parser.add_argument("--plain", action="store_true", help="also run each case without streaming and levels (the local phase's cost of them)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dnn-epochs", type=int, default=60)
     parser.add_argument("--width", type=float, default=0.25)
@@ -111,6 +118,12 @@ def main() -> None:
             results = run(parse_config(case_config(name, args)), Path(tmp) / name, num_cpus=args.cpus,
                           console=Console(stderr=True, quiet=True))
             figures[name] = {**measure(results), "run_s": round(time.perf_counter() - started, 1)}
+            if args.plain:
+                plain = run(parse_config(case_config(name, args, coarse=False)), Path(tmp) / f"{name}-plain", num_cpus=args.cpus,
+                            console=Console(stderr=True, quiet=True))
+                figures[name]["plain_local_wall_s"] = plain["timings_s"]["local_wall"]
+                figures[name]["plain_waiting_s"] = round(plain["timings_s"]["local_wall"] + plain["aggregation"]["dnn"]["train_wall_s"], 2)
+                figures[name]["local_wall_s"] = results["timings_s"]["local_wall"]
             print(name, json.dumps(figures[name]), flush=True)
     header = ("case", "N", "first answer s (n, acc)", "within 1pt s (n)", "waiting s", "dnn", "multilevel", "avg", "vote",
               "coarse params flat / multilevel (largest)")
