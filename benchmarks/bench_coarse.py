@@ -92,10 +92,27 @@ def measure(results: dict) -> dict:
     }
 
 
+def overhead(args: argparse.Namespace, name: str, run, parse_config, Console) -> dict:
+    """Local-phase wall of plain vs streamed (+ levels) runs: the first run of a process is slow, so it is a warm-up."""
+    walls: dict[str, list[float]] = {"plain": [], "streamed": []}
+    with tempfile.TemporaryDirectory(prefix="ddray-bench-coarse-") as tmp:
+        order = ["warm-up"] + [kind for i in range(args.overhead) for kind in (("plain", "streamed") if i % 2 == 0 else ("streamed", "plain"))]
+        for n, kind in enumerate(order):
+            config = parse_config(case_config(name, args, coarse=kind == "streamed"))
+            results = run(config, Path(tmp) / f"{n}", num_cpus=args.cpus, console=Console(stderr=True, quiet=True))
+            if kind != "warm-up":
+                walls[kind].append(results["timings_s"]["local_wall"])
+            print(kind, results["timings_s"]["local_wall"], flush=True)
+    return {"case": name, "local_wall_s": walls, "median": {k: sorted(v)[len(v) // 2] for k, v in walls.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
     parser.add_argument("--plain", action="store_true", help="also run each case without streaming and levels (the local phase's cost of them)")
+    parser.add_argument("--overhead", type=int, default=0, metavar="PAIRS",
+                        help="only measure the local phase's cost of streaming + levels: a warm-up run, then PAIRS of plain and "
+                        "streamed runs of the first case in alternating order")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dnn-epochs", type=int, default=60)
     parser.add_argument("--width", type=float, default=0.25)
@@ -112,6 +129,9 @@ def main() -> None:
     from ddray.orchestration.driver import run
 
     figures = {}
+    if args.overhead:
+        print(json.dumps(overhead(args, args.cases[0], run, parse_config, Console)))
+        return
     with tempfile.TemporaryDirectory(prefix="ddray-bench-coarse-") as tmp:
         for name in args.cases:
             if args.plain:  # first, so that a warm cache never favours it

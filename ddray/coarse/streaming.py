@@ -10,7 +10,8 @@ saw in training. With every subdomain finished nothing is filled and the fit is 
 :class:`CoarseWorker` is the one background thread of the coarse level during the local phase: the
 driver hands it the set of finished subdomains after each one (:meth:`CoarseWorker.offer`, never
 blocking); the thread fits on the newest set only (older, unfitted sets are skipped, so refits never
-pile up), one torch thread and a lowered scheduling priority, so the local phase is not slowed.
+pile up), on one torch thread, at a lowered scheduling priority and resting 3x as long as it fitted
+(``SHARE``: at most a quarter of one core), so the local CNNs keep the cores.
 The same thread starts a multilevel net's regional DNNs as soon as their regions are complete.
 """
 
@@ -30,6 +31,7 @@ from ddray.training.spec import DNNSpec
 
 SPLITS = ("train", "val", "test")
 NICE = 10  # the worker thread's scheduling priority below the driver's (Linux: per thread)
+SHARE = 0.25  # at most this share of one core: after a fit of t seconds the thread rests t * (1 / SHARE - 1)
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,10 @@ class CoarseWorker:
         multilevel: Multilevel | None = None,
         clock: Callable[[], float] = time.perf_counter,
         on_entry: Callable[[dict[str, Any]], None] = lambda entry: None,
+        share: float = SHARE,
     ):
         self.labels, self.num_subdomains, self.spec, self.prior = labels, num_subdomains, spec, prior
-        self.multilevel, self.clock, self.on_entry = multilevel, clock, on_entry
+        self.multilevel, self.clock, self.on_entry, self.share = multilevel, clock, on_entry, share
         self.entries: list[dict[str, Any]] = []
         self.skipped = 0  # sets replaced by a newer one before they were fitted
         self.error: str | None = None
@@ -136,12 +139,16 @@ class CoarseWorker:
                 if self._stopping:
                     return
                 finished, self._latest = self._latest, None
+            started = time.perf_counter()
             try:
                 self._work(finished)
             except Exception as err:  # noqa: BLE001 - the stream is a preview: the run goes on, the final fit still happens
                 self.error = f"{type(err).__name__}: {err}"
                 log.warning("ddray: the coarse level's background fits stopped (%s); the final fit still happens", self.error)
                 return
+            rest = (time.perf_counter() - started) * (1.0 / self.share - 1.0)  # sets arriving meanwhile replace each other
+            with self._wake:
+                self._wake.wait_for(lambda: self._stopping, timeout=rest)
 
     def _work(self, finished: Mapping[int, Mapping[str, np.ndarray]]) -> None:
         done = len(finished)
