@@ -11,7 +11,7 @@ saw in training. With every subdomain finished nothing is filled and the fit is 
 driver hands it the set of finished subdomains after each one (:meth:`CoarseWorker.offer`, never
 blocking); the thread fits on the newest set only (older, unfitted sets are skipped, so refits never
 pile up), on one torch thread, a moment after the driver has handed the freed worker its next subdomain,
-and resting 3x as long as it fitted (``SHARE``: at most a quarter of one core), so the local CNNs keep
+and resting as long as it fitted (``SHARE``: at most half of one core), so the local CNNs keep
 the cores and the driver's loop is rarely kept waiting for the GIL.
 The same thread starts a multilevel net's regional DNNs as soon as their regions are complete.
 """
@@ -30,7 +30,7 @@ from ddray.coarse.multilevel import Multilevel
 from ddray.training.spec import DNNSpec
 
 SPLITS = ("train", "val", "test")
-SHARE = 0.25  # at most this share of one core: after a fit of t seconds the thread rests t * (1 / SHARE - 1)
+SHARE = 0.5  # at most this share of one core: after fitting for t seconds the thread rests t * (1 / SHARE - 1)
 SETTLE_S = 0.2  # after a subdomain finishes, the driver first hands its worker the next subdomain
 
 log = logging.getLogger(__name__)
