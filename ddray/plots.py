@@ -271,18 +271,20 @@ def plot_stream(results: Mapping[str, Any], path: Path) -> None:
     for x, y, done in zip(series["seconds"], series["test"], series["done"]):
         if np.isfinite(y):
             ax.annotate(str(done), (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
-    for n, t in enumerate(series["finished"]):
-        ax.axvline(t, color=KIND_COLORS["local"], linewidth=0.8, alpha=0.7, label="a local CNN finished" if n == 0 else None)
+    if series["finished"]:  # a rug along the bottom: one tick per finished local CNN
+        ax.vlines(series["finished"], 0, 0.06, color="#1d4e89", linewidth=1.2, label="a local CNN finished")
     others = {m: v.get("test_accuracy") for m, v in (results.get("aggregation") or {}).items() if isinstance(v, dict) and m != "dnn"}
-    for (method, value), style in zip(others.items(), (":", "-.", (0, (1, 3)))):
+    styles = {"average": ("#555555", ":"), "vote": ("#555555", "-."), "multilevel": ("#e07a5f", "--")}
+    for method, value in others.items():
         if value is not None:
-            ax.axhline(value, color="#555555", linestyle=style, linewidth=1, label=f"{method} (final) {value:.3f}")
+            color, style = styles.get(method, ("#999999", ":"))
+            ax.axhline(value, color=color, linestyle=style, linewidth=1, label=f"{method} (final) {value:.3f}")
     ax.set_xlabel("seconds into the local phase")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title("global accuracy as subdomains finish (label: subdomains done; the others at the class prior)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.08), fontsize=7)  # above the rug
     _save(fig, path)
 
 
