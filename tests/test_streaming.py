@@ -250,3 +250,25 @@ def test_streamed_and_multilevel_run_then_resumed(ray_cluster, tmp_path):
     assert [e["subdomains_done"] for e in again[len(kept):]] == [3, 4]  # restored ones count at once
     assert again[len(kept)]["subdomains"] == [0, 1, 2]
     assert again[-1]["test_accuracy"] == resumed["aggregation"]["dnn"]["test_accuracy"]
+
+
+@pytest.mark.ray
+def test_streaming_with_tune_counts_a_subdomain_done_when_its_best_trial_is_chosen(ray_cluster, tmp_path):
+    from ddray.config import parse_config
+    from ddray.orchestration.driver import run
+
+    config = parse_config({
+        "dataset": {"source": "synthetic", "kind": "count", "samples": 200, "size": [16, 16]},
+        "decomposition": {"grid": [1, 3]},
+        "local_model": {"name": "small_cnn", "width": 0.25},
+        "training": {"epochs": 1, "batch_size": 32},
+        "aggregation": {"dnn": {"hidden": [8], "epochs": 5}, "streaming": True},
+        "tune": {"num_samples": 1, "space": {"lr": {"choice": [0.003]}}},
+    })
+    results = run(config, tmp_path / "tuned")
+    stream = results["aggregation"]["stream"]
+    done = [e["subdomains_done"] for e in stream]
+    assert done == sorted(set(done)) and done[-1] == 3
+    assert stream[-1]["test_accuracy"] == results["aggregation"]["dnn"]["test_accuracy"]
+    chosen = {e["subdomain"]: e["finished_s"] for e in results["local"]}  # set by keep once the best trial is chosen
+    assert all(chosen[i] <= e["seconds"] for e in stream[:-1] for i in e["subdomains"])
