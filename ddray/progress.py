@@ -71,10 +71,11 @@ class ProgressTracker:
             self.state["global"] = {**entry, "updated": time.time()}
             self.state["global"].pop("subdomains", None)
             self.state["updated"] = time.time()
-            total = len(self.state["subdomains"])
+            done, total = entry["subdomains_done"], len(self.state["subdomains"])
+            basis = f"all {total} subdomains" if done >= total else f"{done}/{total} subdomains, the others at the class prior"
             self.console.print(
-                f"  global accuracy (DNN on {entry['subdomains_done']}/{total} subdomains, the others at the class prior): "
-                f"test {_pct(entry.get('test_accuracy'))}, val {_pct(entry.get('validation_accuracy'))} at {entry['seconds']:.1f}s",
+                f"  global accuracy (DNN on {basis}): test {_pct(entry.get('test_accuracy'))}, "
+                f"val {_pct(entry.get('validation_accuracy'))} at {entry['seconds']:.1f}s",
                 highlight=False,
             )
             self._write(force=True)
