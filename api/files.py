@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.runner import job_paths, run_locations
-from api.schemas import JobPublic, JobSummary, SubdomainProgress, Timings
+from api.schemas import GlobalAccuracy, JobPublic, JobSummary, SubdomainProgress, Timings
 from api.store import JobRecord
 from ddray import storage
 
@@ -175,6 +175,7 @@ def public(record: JobRecord, cache: JsonFileCache) -> JobPublic:
         if record.status == "succeeded":
             results = cache.read(rd / "results.json")
     subdomains: list[SubdomainProgress] = []
+    global_accuracy = None
     phases: dict[str, float] = {}
     phase = None
     updated = None
@@ -189,6 +190,12 @@ def public(record: JobRecord, cache: JsonFileCache) -> JobPublic:
                 subdomains.append(SubdomainProgress(index=int(key), **fields))
             except (ValueError, ValidationError):
                 continue
+        streamed = progress.get("global")
+        if isinstance(streamed, dict):
+            try:
+                global_accuracy = GlobalAccuracy(**{k: _finite(v) for k, v in streamed.items() if k in GlobalAccuracy.model_fields})
+            except (ValueError, ValidationError):
+                global_accuracy = None
         started = progress.get("started")
         for name, info in (progress.get("phases") or {}).items():
             if isinstance(info, dict) and isinstance(info.get("started"), (int, float)) and isinstance(started, (int, float)):
@@ -209,6 +216,7 @@ def public(record: JobRecord, cache: JsonFileCache) -> JobPublic:
         phase=phase,
         cancel_requested=record.cancel_requested,
         subdomains=subdomains,
+        global_accuracy=global_accuracy,
         timings=timings,
         progress_updated_at=_dt(updated) if isinstance(updated, (int, float)) else None,
         config=record.config,

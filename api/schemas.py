@@ -39,6 +39,15 @@ class SubdomainProgress(BaseModel):
     trials_done: int | None = Field(None, description="finished trials (searches)")
 
 
+class GlobalAccuracy(BaseModel):
+    """The latest streamed global answer (``aggregation.streaming``): the DNN refitted on the subdomains done so far."""
+
+    subdomains_done: int
+    seconds: float | None = Field(None, description="seconds into the local phase when this refit was ready")
+    test_accuracy: float | None = None
+    validation_accuracy: float | None = None
+
+
 class Timings(BaseModel):
     queued_s: float | None = Field(None, description="from submission to start")
     run_s: float | None = Field(None, description="from start to end (or until now)")
@@ -65,6 +74,7 @@ class JobPublic(JobSummary):
     )
     cancel_requested: bool = False
     subdomains: list[SubdomainProgress] = Field(default_factory=list)
+    global_accuracy: GlobalAccuracy | None = Field(None, description="with aggregation.streaming: the current global accuracy")
     timings: Timings = Field(default_factory=Timings)
     progress_updated_at: datetime | None = None
     config: dict[str, Any]

@@ -14,8 +14,9 @@ one sample) on which the epoch is chosen. Test is never used for either. See doc
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -80,9 +81,27 @@ def split_validation(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_select:]), np.sort(order[:n_select])
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the enclosed coarse fit (process-wide while it lasts). The coarse nets are tiny:
+    more threads gain nothing, and on busy cores they cost a lot: a 16 x 10-input DNN, 60 epochs, on 2 cores at
+    load 12-16 took 26-37 s on 2 threads and 0.7-1.1 s on 1 (benchmarks/bench_coarse.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec: DNNSpec) -> DNNOutcome:
     """Train the coarse DNN on the ``spec.fit_on`` split's local probabilities, select the epoch on held-out
-    ones (val, or val's selection part), score on test."""
+    ones (val, or val's selection part), score on test; on one torch thread (:func:`one_thread`)."""
+    with one_thread():
+        return _train_dnn(probs, labels, spec)
+
+
+def _train_dnn(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], spec: DNNSpec) -> DNNOutcome:
     n_sub, k = probs["test"].shape[1:]
     if (n_sub, k) != (spec.num_subdomains, spec.num_classes):
         raise ValueError(f"probabilities for {n_sub} subdomains x {k} classes, the DNN spec expects "

@@ -8,6 +8,8 @@
   one panel per depth slice of a 3D grid (:func:`plot_subdomain_accuracy`).
 - ``tune_allocation.png``: with a Tune search, each subdomain's best validation accuracy and the
   trials it got, over the grid (:func:`plot_tune_allocation`).
+- ``stream.png``: with ``aggregation.streaming``, the streamed global accuracy against time, each local CNN's
+  finishing time marked (:func:`plot_stream`).
 
 The arranging functions (:func:`grid_values`, :func:`confusion_matrix`, :func:`median_curve`)
 are pure numpy, so tests check where values go without reading pixels.
@@ -27,6 +29,7 @@ LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 SUBDOMAIN_PNG = "subdomain_accuracy.png"
 TUNE_PNG = "tune_allocation.png"
+STREAM_PNG = "stream.png"
 KIND_COLORS = {"local": "#9bb7d4", "aggregation": "#2a6f97", "baseline": "#e07a5f"}
 BASELINE_COLORS = {"global": "#e07a5f", "coherent": "#81b29a", "transfer": "#9c6ade"}
 
@@ -81,6 +84,20 @@ def median_curve(curves: Sequence[Sequence[float]]) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no curve reached: NaN, said once here
         return np.nanmedian(padded, axis=0)
+
+
+def stream_series(results: Mapping[str, Any]) -> dict[str, list[float]]:
+    """The stream's points (seconds, test and validation accuracy, subdomains done) and the local CNNs' finishing
+    times (seconds into the local phase, sorted), from results.json."""
+    stream = (results.get("aggregation") or {}).get("stream") or []
+    out: dict[str, list[float]] = {key: [] for key in ("seconds", "test", "val", "done", "finished")}
+    for entry in stream:
+        out["seconds"].append(float(entry["seconds"]))
+        out["test"].append(np.nan if entry.get("test_accuracy") is None else float(entry["test_accuracy"]))
+        out["val"].append(np.nan if entry.get("validation_accuracy") is None else float(entry["validation_accuracy"]))
+        out["done"].append(int(entry["subdomains_done"]))
+    out["finished"] = sorted(float(e["finished_s"]) for e in results.get("local", []) if e.get("finished_s") is not None)
+    return out
 
 
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -279,14 +296,42 @@ def plot_tune_allocation(results: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_stream(results: Mapping[str, Any], path: Path) -> None:
+    """Global accuracy against time while the local phase runs (a step per refit, labelled with the subdomains
+    it had), the local CNNs' finishing times as ticks, and the other aggregations' final accuracies for scale."""
+    plt = _pyplot()
+    series = stream_series(results)
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    ax.step(series["seconds"], series["test"], where="post", color=KIND_COLORS["aggregation"], marker="o", label="streamed DNN: test")
+    ax.step(series["seconds"], series["val"], where="post", color="#7fb7be", marker=".", linestyle="--", label="streamed DNN: validation")
+    for x, y, done in zip(series["seconds"], series["test"], series["done"]):
+        if np.isfinite(y):
+            ax.annotate(str(done), (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    if series["finished"]:  # a rug along the bottom: one tick per finished local CNN
+        ax.vlines(series["finished"], 0, 0.06, color="#1d4e89", linewidth=1.2, label="a local CNN finished")
+    others = {m: v.get("test_accuracy") for m, v in (results.get("aggregation") or {}).items() if isinstance(v, dict) and m != "dnn"}
+    styles = {"average": ("#555555", ":"), "vote": ("#555555", "-."), "multilevel": ("#e07a5f", "--")}
+    for method, value in others.items():
+        if value is not None:
+            color, style = styles.get(method, ("#999999", ":"))
+            ax.axhline(value, color=color, linestyle=style, linewidth=1, label=f"{method} (final) {value:.3f}")
+    ax.set_xlabel("seconds into the local phase")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("global accuracy as subdomains finish (label: subdomains done; the others at the class prior)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.08), fontsize=7)  # above the rug
+    _save(fig, path)
+
+
 def write_pictures(
     results: dict[str, Any],
     out_dir: Path,
     histories: Mapping[str, Any] | None = None,
     confusion: np.ndarray | None = None,
 ) -> list[Path]:
-    """learning_curves.png (when any history is known), confusion_matrix.png (when the DNN's is given) and
-    subdomain_accuracy.png; the paths written. These are diagnostics, never a reason to lose a trained
+    """learning_curves.png (when any history is known), confusion_matrix.png (when the DNN's is given),
+    subdomain_accuracy.png and stream.png (with a stream); the paths written. These are diagnostics, never a reason to lose a trained
     run: a picture that fails is a logged warning, and the others are still drawn."""
     todo = []
     if histories and any(histories.get(k) for k in ("local", "dnn", "baselines")):
@@ -298,6 +343,8 @@ def write_pictures(
         todo.append((SUBDOMAIN_PNG, lambda path: plot_subdomain_accuracy(results, path)))
     if (results.get("tune") or {}).get("trials_per_subdomain"):
         todo.append((TUNE_PNG, lambda path: plot_tune_allocation(results, path)))
+    if (results.get("aggregation") or {}).get("stream"):
+        todo.append((STREAM_PNG, lambda path: plot_stream(results, path)))
     written = []
     for name, draw in todo:
         try:

@@ -68,6 +68,11 @@ class TrainedRun:
         ]
         self.local_models = [self._load_local(s.index) for s in self.subdomains]
         self.dnn = self._load_dnn() if self.run_dir.dnn.exists() else None
+        self.multilevel = None  # the regional and global DNNs of aggregation.levels (docs/coarse.md)
+        if self.run_dir.multilevel.exists():
+            from ddray.coarse.multilevel import load_models
+
+            self.multilevel = load_models(self.run_dir.load_multilevel())
         if not self.class_names:
             k = self.local_models[0][1].model.num_classes
             self.class_names = [str(i) for i in range(k)]
@@ -133,6 +138,10 @@ class TrainedRun:
         if self.dnn is not None:
             dnn_probs = predict_proba(self.dnn, probs)
             decisions = {"dnn": dnn_probs.argmax(1), **decisions}
+        if self.multilevel is not None:
+            from ddray.coarse.multilevel import predict as multilevel_predict
+
+            decisions["multilevel"] = multilevel_predict(self.multilevel, probs).argmax(1)
         return Predictions(names or [f"x[{i}]" for i in range(len(x))], self.class_names, decisions, dnn_probs, found)
 
     def predict_path(self, path: str | Path, *, warn: bool = True) -> Predictions:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,16 @@ class ProgressTracker:
         }
         self._bars: Progress | None = None
         self._tasks: dict[str, int] = {}
+        self._lock = threading.RLock()  # the coarse level's background thread reports too (global_accuracy)
 
     # -- phases ---------------------------------------------------------
     def phase(self, name: str, **info: Any) -> None:
         if name not in PHASES:
             raise ValueError(f"unknown phase {name}")
+        with self._lock:
+            self._phase(name, info)
+
+    def _phase(self, name: str, info: dict[str, Any]) -> None:
         self.state["phase"] = name
         self.state["phases"][name] = {"started": time.time(), **info}
         if name in ("local_training", "search"):
@@ -56,6 +62,25 @@ class ProgressTracker:
 
     # -- events from workers -------------------------------------------
     def update(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._update(event)
+
+    def global_accuracy(self, entry: dict[str, Any]) -> None:
+        """A streamed global answer (``aggregation.stream`` entry): ``progress.json["global"]`` and one console line."""
+        with self._lock:
+            self.state["global"] = {**entry, "updated": time.time()}
+            self.state["global"].pop("subdomains", None)
+            self.state["updated"] = time.time()
+            done, total = entry["subdomains_done"], len(self.state["subdomains"])
+            basis = f"all {total} subdomains" if done >= total else f"{done}/{total} subdomains, the others at the class prior"
+            self.console.print(
+                f"  global accuracy (DNN on {basis}): test {_pct(entry.get('test_accuracy'))}, "
+                f"val {_pct(entry.get('validation_accuracy'))} at {entry['seconds']:.1f}s",
+                highlight=False,
+            )
+            self._write(force=True)
+
+    def _update(self, event: dict[str, Any]) -> None:
         key = str(event["subdomain"])
         entry = self.state["subdomains"].setdefault(key, {})
         entry.update({k: v for k, v in event.items() if k != "subdomain"})
@@ -112,8 +137,13 @@ class ProgressTracker:
         write_json(self.path, self.state)
 
     def close(self, phase: str = "done", error: str | None = None) -> None:
-        self._stop_bars()
-        if error:
-            self.state["error"] = error
-        self.phase(phase)
+        with self._lock:
+            self._stop_bars()
+            if error:
+                self.state["error"] = error
+            self.phase(phase)
         sys.stderr.flush()
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -33,7 +33,7 @@ def write_reports(
     """
     write_tables(results, out_dir)
     plots.plot_accuracy(results, comparison_rows(results), out_dir / PLOT_FILE)
-    plots.write_pictures(results, out_dir, histories, confusion)
+    plots.write_pictures(results, out_dir, histories, confusion)  # with a stream: stream.png
 
 
 def write_in_background(results: dict[str, Any], out_dir: Path, tracking: "Tracking | None" = None) -> Future:
@@ -121,10 +121,19 @@ def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for entry in results.get("local", []):
         add(rows, f"local {entry['subdomain']}", "local", entry, entry.get("parameters"), _num(entry.get("train_seconds")))
+    n_local = len(results.get("local", []))
     for method, info in aggregation.items():
-        if method == "dnn":
+        if method == "stream":  # the first streamed answer (the last one is the dnn row)
+            first = stream_milestones(info).get("first")
+            if first and first["subdomains_done"] < n_local:
+                add(rows, f"dnn streamed {first['subdomains_done']}/{n_local}", "aggregation",
+                    {"test_accuracy": first["test_accuracy"], "parameters": dnn_params}, local_params + dnn_params, first["seconds"])
+        elif method == "dnn":
             ttm = None if local_wall is None else local_wall + dnn_wall
             add(rows, method, "aggregation", info, local_params + dnn_params, ttm)
+        elif method == "multilevel":
+            ttm = None if local_wall is None else local_wall + (_num(info.get("train_wall_s")) or 0.0)
+            add(rows, method, "aggregation", info, local_params + int(info.get("parameters") or 0), ttm)
         else:
             add(rows, method, "aggregation", info, local_params, local_wall)
     for name, info in baselines.items():
@@ -135,6 +144,17 @@ def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             ttm = own
         add(rows, name, "baseline", info, info.get("parameters"), ttm)
     return rows
+
+
+def stream_milestones(stream: list[dict[str, Any]] | None, tolerance: float = 0.01) -> dict[str, Any]:
+    """Of ``aggregation.stream``: the first global answer, the first within ``tolerance`` (1 point) of the
+    final test accuracy, and the final one (entries; empty without a stream)."""
+    entries = [e for e in stream or [] if _num(e.get("test_accuracy")) is not None]
+    if not entries:
+        return {}
+    final = entries[-1]
+    close = next(e for e in entries if e["test_accuracy"] >= final["test_accuracy"] - tolerance - 1e-12)
+    return {"first": entries[0], "within_1_point": close, "final": final}
 
 
 def comparison_summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +198,22 @@ def notes(results: dict[str, Any]) -> list[str]:
         out.append(
             f"The DNN was fitted on held-out validation probabilities ({dnn.get('fit_samples')} samples; "
             f"epoch chosen on {dnn.get('selection_samples')} others), not on the training set's."
+        )
+    marks = stream_milestones((results.get("aggregation") or {}).get("stream"))
+    if marks:
+        first, close, final = marks["first"], marks["within_1_point"], marks["final"]
+        out.append(
+            f"Streaming: a first global answer ({first['test_accuracy']:.4f}, DNN on {first['subdomains_done']} subdomains, "
+            f"the others at the class prior) {first['seconds']:.1f} s into the local phase; within 1 point of the final "
+            f"{final['test_accuracy']:.4f} at {close['seconds']:.1f} s ({close['subdomains_done']} subdomains); final at {final['seconds']:.1f} s."
+        )
+    multi = (results.get("aggregation") or {}).get("multilevel") or {}
+    if multi:
+        regions = ", ".join(f"{r['region']}: {r['test_accuracy']:.3f}" for r in multi.get("regions", []) if r.get("level") == 1)
+        out.append(
+            f"Multilevel coarse net (regions {multi.get('levels')}): {int(multi.get('parameters') or 0):,} parameters in all its DNNs "
+            f"(the largest {int(multi.get('largest_coarse_parameters') or 0):,}) vs the flat DNN's {int(multi.get('flat_dnn_parameters') or 0):,}; "
+            f"test accuracy of each first-level region's DNN: {regions}."
         )
     transfer = (results.get("baselines") or {}).get("transfer") or {}
     if _num(transfer.get("start_test_accuracy")) is not None:

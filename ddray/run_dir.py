@@ -8,12 +8,14 @@
     RUN/subdomains.json         the decomposition: bounds of every subdomain
     RUN/progress.json           live snapshot (phase, per-subdomain epoch/metrics)
     RUN/timings.json            local phase wall time so far (a resumed run adds to it)
+    RUN/stream.json             the streamed DNN's refits so far (aggregation.streaming; a resumed run continues it)
     RUN/results.json            final results
     RUN/results.md, results.csv, accuracy.png, learning_curves.png, confusion_matrix.png, subdomain_accuracy.png
     RUN/tensorboard/            per-epoch TensorBoard event files of every model (ddray.tracking, docs/tracking.md)
     RUN/tracking.json           every model's per-epoch history and the MLflow run id (ddray.tracking)
     RUN/checkpoints/local/subNNN.pt   selected weights of each local CNN, with its TrainingSpec and subdomain
     RUN/checkpoints/dnn.pt            the coarse DNN, with its DNNSpec
+    RUN/checkpoints/multilevel.pt     the regional DNNs and the global DNN of aggregation.levels, with their DNNSpecs
     RUN/checkpoints/baselines/NAME.pt a comparison model (global, coherent, transfer), with its BaselineJob
     RUN/baselines/NAME.json     a finished comparison model's summary and history (resume skips it)
     RUN/local/subNNN.npz        local probabilities of a finished subdomain (resume skips it)
@@ -121,12 +123,20 @@ class RunDir:
         return self.root / "results.json"
 
     @property
+    def stream(self) -> Path:
+        return self.root / "stream.json"
+
+    @property
     def local_models(self) -> Path:
         return self.root / "checkpoints" / "local"
 
     @property
     def dnn(self) -> Path:
         return self.root / "checkpoints" / "dnn.pt"
+
+    @property
+    def multilevel(self) -> Path:
+        return self.root / "checkpoints" / "multilevel.pt"
 
     @property
     def local_results(self) -> Path:
@@ -200,6 +210,13 @@ class RunDir:
 
         saved = read_model(self.dnn, what="coarse DNN")
         return saved["state_dict"], DNNSpec.from_dict(saved.get("spec") or saved)  # flat fields: ddray 0.1
+
+    def save_multilevel(self, saved: Mapping[str, Any]) -> None:
+        """``Multilevel.saved()``: grid, levels and every coarse model (level, region, inputs, spec, state_dict)."""
+        write_model(self.multilevel, {}, **saved)
+
+    def load_multilevel(self) -> dict:
+        return read_model(self.multilevel, what="multilevel coarse net")
 
     def save_local_result(self, index: int, probabilities: Mapping[str, np.ndarray], summary: dict) -> None:
         """Probabilities of a finished subdomain; written last, so its presence means 'done'."""

@@ -114,7 +114,8 @@ def final_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     if local:
         out["local/mean_test_accuracy"] = float(np.mean(local))
     for method, info in (results.get("aggregation") or {}).items():
-        out[f"{method}/test_accuracy"] = info.get("test_accuracy")
+        if isinstance(info, dict):  # not the stream's list of refits
+            out[f"{method}/test_accuracy"] = info.get("test_accuracy")
     for name, info in (results.get("baselines") or {}).items():
         out[f"baselines/{name}/test_accuracy"] = info.get("test_accuracy")
     for key, value in (results.get("timings_s") or {}).items():

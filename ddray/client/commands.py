@@ -129,7 +129,18 @@ def _progress_line(info: dict[str, Any]) -> str:
     subs = info.get("subdomains") or []
     epochs = [s.get("epoch") or 0 for s in subs]
     detail = f", epochs {min(epochs)}-{max(epochs)}" if epochs and any(epochs) else ""
-    return f"{info['id']}: {info['status']}" + (f" ({info['phase']}{detail})" if info.get("phase") else "")
+    line = f"{info['id']}: {info['status']}" + (f" ({info['phase']}{detail})" if info.get("phase") else "")
+    streamed = _global_accuracy(info, len(subs))
+    return line + (f"; {streamed}" if streamed else "")
+
+
+def _global_accuracy(info: dict[str, Any], subdomains: int) -> str:
+    """The streamed global answer of a job view (aggregation.streaming), as one phrase; '' without one."""
+    g = info.get("global_accuracy") or {}
+    if g.get("test_accuracy") is None:
+        return ""
+    val = f", val {g['validation_accuracy']:.4f}" if isinstance(g.get("validation_accuracy"), (int, float)) else ""
+    return f"global accuracy {g['test_accuracy']:.4f}{val} (DNN on {g.get('subdomains_done')}/{subdomains or '?'} subdomains)"
 
 
 @_guard
@@ -165,6 +176,9 @@ def _print_job(info: dict[str, Any]) -> None:
         out.print(f"Ray job {info['ray_job']}; run at {info.get('run_location') or '?'}", highlight=False)
     if info.get("error"):
         out.print(f"[red]error[/]: {info['error']}", highlight=False)
+    streamed = _global_accuracy(info, len(info.get("subdomains") or []))
+    if streamed:
+        out.print(streamed[0].upper() + streamed[1:], highlight=False)
     accuracies = ((info.get("results") or {}).get("aggregation")) or {}
     if accuracies:
         out.print("test accuracy: " + ", ".join(f"{m} {v:.4f}" for m, v in accuracies.items() if isinstance(v, (int, float))), highlight=False)

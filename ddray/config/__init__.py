@@ -54,8 +54,12 @@ class DNNConfig(Section):
 
 
 class AggregationConfig(Section):
+    """The coarse level (docs/models.md; streaming and multilevel: docs/coarse.md)."""
+
     methods: list[Literal["dnn", "average", "vote"]] = Field(default_factory=lambda: ["dnn", "average", "vote"])
     dnn: DNNConfig = Field(default_factory=DNNConfig)
+    streaming: bool = Field(False, description="refit the DNN as each subdomain finishes (missing ones at the class prior)")
+    levels: list[list[int]] = Field(default_factory=list, description="region shapes of a multilevel coarse net, coarsest last")
 
     @field_validator("methods")
     @classmethod
@@ -208,6 +212,17 @@ class RunConfig(Section):
                 "baselines.transfer_init: locals_and_dnn starts from the trained DNN, but aggregation.methods has no 'dnn'; "
                 "add dnn to aggregation.methods or use transfer_init: locals"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _coarse_levels(self) -> "RunConfig":
+        from ddray.coarse.regions import level_problem
+
+        if self.aggregation.streaming and "dnn" not in self.aggregation.methods:
+            raise ValueError("aggregation.streaming refits the DNN: add dnn to aggregation.methods or drop streaming")
+        problem = level_problem(self.decomposition.grid, self.aggregation.levels)
+        if problem:
+            raise ValueError(f"aggregation.levels: {problem}")
         return self
 
     @model_validator(mode="after")

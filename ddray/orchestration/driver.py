@@ -21,6 +21,8 @@ from rich.console import Console
 
 from ddray import report
 from ddray.aggregation import aggregate, stack_probabilities
+from ddray.coarse.multilevel import Multilevel
+from ddray.coarse.streaming import CoarseWorker, class_prior, stream_entry
 from ddray.config import RunConfig
 from ddray.data import DataError, Dataset, load_dataset
 from ddray.data.size import check_dataset_size
@@ -216,6 +218,31 @@ def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
     return pool
 
 
+def _start_coarse(
+    config: RunConfig, run_dir: RunDir, dataset: Dataset, labels: dict, tracker: ProgressTracker, clock, restored
+) -> tuple[CoarseWorker | None, Multilevel | None, list[dict]]:
+    """The coarse level's background thread for ``aggregation.streaming`` / ``levels`` (docs/coarse.md): (worker,
+    the multilevel net, the stream's entries so far: those of earlier sessions of a resumed run)."""
+    agg = config.aggregation
+    if not (agg.streaming or agg.levels):
+        return None, None, []
+    flat = dnn_spec(config, num_subdomains=config.decomposition.num_subdomains, num_classes=dataset.num_classes)
+    multilevel = Multilevel(config.decomposition.grid, agg.levels, flat, labels) if agg.levels else None
+    earlier = json.loads(run_dir.stream.read_text()) if agg.streaming and run_dir.stream.exists() else []
+    stream = [e for e in earlier if set(e.get("subdomains") or ()) <= set(restored)]  # a resumed run's refits that still hold
+
+    def on_entry(entry: dict) -> None:  # in the worker's thread
+        stream.append(entry)
+        write_json(run_dir.stream, stream)
+        tracker.global_accuracy(entry)
+
+    worker = CoarseWorker(
+        labels=labels, num_subdomains=flat.num_subdomains, spec=flat if agg.streaming else None,
+        prior=class_prior(dataset.y_train, dataset.num_classes), multilevel=multilevel, clock=clock, on_entry=on_entry,
+    )
+    return worker, multilevel, stream
+
+
 def _run_on_ray(
     config: RunConfig,
     run_dir: RunDir,
@@ -254,8 +281,21 @@ def _run_on_ray(
         write_json(run_dir.timings, {"local_wall": wall})
         return wall
 
+    def clock() -> float:  # seconds of local phase, earlier sessions included
+        return earlier + time.perf_counter() - local_started
+
+    labels = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
+    coarse_worker, multilevel, stream = _start_coarse(config, run_dir, dataset, labels, tracker, clock, set(finished))
+
+    def offer_finished() -> None:
+        if coarse_worker is not None:
+            coarse_worker.offer({i: probs for i, (probs, _) in finished.items()})
+
+    offer_finished()  # restored subdomains count as done from the start
+
     def keep(result: LocalResult, where: dict) -> None:
-        summary = {**result.summary(), "node_id": where.get("node_id"), "bounds": subdomains[result.subdomain].bounds}
+        summary = {**result.summary(), "node_id": where.get("node_id"), "bounds": subdomains[result.subdomain].bounds,
+                   "finished_s": round(clock(), 3)}
         if "trial_id" in where:  # chosen by the Tune search
             summary.update(trial_id=where["trial_id"], tune_config=where.get("tune_config"))
         if result.model_state is None:
@@ -264,41 +304,54 @@ def _run_on_ray(
         run_dir.save_local_result(result.subdomain, result.probabilities, summary)  # last: marks it done
         finished[result.subdomain] = (result.probabilities, summary)
         record_local_wall()
+        offer_finished()  # the coarse level's thread refits on it; this returns at once
         if tracking is not None:
             tracking.local(result.subdomain, result.history, result.test_accuracy)
 
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
-    if config.tune is not None:
-        from ddray.orchestration.tune import run_search
+    try:
+        if config.tune is not None:
+            from ddray.orchestration.tune import run_search
 
-        data_ref = ray.put(dataset.arrays())  # once, shared by every trial
-        tracker.phase("search", subdomains=len(subdomains), samples=config.tune.num_samples)
-        extra["tune"] = run_search(config, run_dir, tasks, data_ref, slots=slots, on_event=tracker.update, on_result=keep)
-    else:
-        # each worker gets its own subdomain's pixels, cut here once: a worker then maps 1/N of the
-        # data (plus overlap), not every page of the whole data set its slice runs through
-        arrays = dataset.arrays()
-        data_ref = None
-        run_local_phase(
-            tasks,
-            {t.sub.index: ray.put(subdomain_arrays(arrays, t.sub)) for t in tasks},
-            cpus=res.cpus_per_subdomain,
-            gpus=res.gpus_per_subdomain,
-            slots=slots,
-            max_retries=res.max_retries,
-            on_event=tracker.update,
-            on_result=keep,
-            pool=pool,
-        )
-    local_wall = record_local_wall()
+            data_ref = ray.put(dataset.arrays())  # once, shared by every trial
+            tracker.phase("search", subdomains=len(subdomains), samples=config.tune.num_samples)
+            extra["tune"] = run_search(config, run_dir, tasks, data_ref, slots=slots, on_event=tracker.update, on_result=keep)
+        else:
+            # each worker gets its own subdomain's pixels, cut here once: a worker then maps 1/N of the
+            # data (plus overlap), not every page of the whole data set its slice runs through
+            arrays = dataset.arrays()
+            data_ref = None
+            run_local_phase(
+                tasks,
+                {t.sub.index: ray.put(subdomain_arrays(arrays, t.sub)) for t in tasks},
+                cpus=res.cpus_per_subdomain,
+                gpus=res.gpus_per_subdomain,
+                slots=slots,
+                max_retries=res.max_retries,
+                on_event=tracker.update,
+                on_result=keep,
+                pool=pool,
+            )
+        local_wall = record_local_wall()
+    finally:
+        if coarse_worker is not None:
+            coarse_worker.close()  # the fit under way ends; what is left is fitted below
 
     tracker.phase("aggregation", methods=config.aggregation.methods)
     agg_started = time.perf_counter()
-    probs = {split: stack_probabilities([finished[s.index][0][split] for s in subdomains]) for split in ("train", "val", "test")}
-    labels = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
+    local_probs = {s.index: finished[s.index][0] for s in subdomains}
+    probs = {split: stack_probabilities([local_probs[s.index][split] for s in subdomains]) for split in ("train", "val", "test")}
     coarse = dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes) if "dnn" in config.aggregation.methods else None
     aggregation, dnn = aggregate(config.aggregation.methods, probs, labels, coarse)  # in this process: no task to start
+    if config.aggregation.streaming:  # its last entry is the DNN itself
+        stream.append(stream_entry(list(local_probs), clock(), aggregation["dnn"]))
+        write_json(run_dir.stream, stream)
+        tracker.global_accuracy(stream[-1])
+        aggregation["stream"] = stream
+    if multilevel is not None:  # regions finished during the local phase are kept; the rest is fitted now
+        aggregation["multilevel"] = multilevel.finish(local_probs)
+        run_dir.save_multilevel(multilevel.saved())
     if dnn is not None:
         run_dir.save_dnn(dnn.model.state_dict(), coarse)
         if tracking is not None:
