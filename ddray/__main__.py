@@ -1,5 +1,3 @@
-import sys
+from ddray.cli import entry
 
-from ddray.cli import main
-
-sys.exit(main())
+entry()

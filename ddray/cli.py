@@ -7,7 +7,9 @@ inside its handler; the client commands (:mod:`ddray.client.commands`) talk HTTP
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -258,5 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``ddray`` command (and ``python -m ddray``): :func:`main`, then an exit without Python's teardown.
+
+    After a run the interpreter spends 1-2 s tearing down torch's, Ray's and pyarrow's modules
+    (measured on a 2-core machine: 1.7 s of a 27 s ``ddray run``). By then every file ddray wrote is
+    closed, so the exit handlers run (logging, MLflow, Ray) and the process ends at once. An
+    exception that escapes ``main`` still ends the normal way, with its traceback.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
