@@ -10,15 +10,7 @@ from ddray.config import parse_config
 from ddray.training.spec import DNNSpec, SpecError, dnn_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine two threads spin against each other (a 0.5 s DNN fit took 37 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # torch fits in this process: see conftest
 
 
 def _confident(labels: np.ndarray, shown: np.ndarray, k: int, n_sub: int, rng) -> np.ndarray:

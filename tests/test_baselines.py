@@ -16,15 +16,7 @@ from ddray.run_dir import RunDir
 from ddray.training.baselines import BaselineJob, TransferStart, build_model, parameter_checksum, shard_indices, train_baseline
 from ddray.training.spec import DNNSpec, ModelSpec, OptimizerSpec, SpecError, TrainingSpec
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine two threads spin against each other (a 0.5 s DNN fit took 37 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # torch fits in this process: see conftest
 
 
 LOCAL = TrainingSpec(ModelSpec("small_cnn", 0.25, in_channels=1, num_classes=3), OptimizerSpec("adam", 0.01), epochs=1, batch_size=8)

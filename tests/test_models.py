@@ -17,15 +17,7 @@ from ddray.models import (
 from ddray.models.registry import model_dims
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine two threads spin against each other (a 0.5 s DNN fit took 37 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # torch fits in this process: see conftest
 
 MODELS = list_models()
 SHAPES = {

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ddray import combinations, sweep
-from ddray.config import ConfigError, RunConfig, parse_config
+from ddray.config import ConfigError, parse_config
 
 TINY = {
     "dataset": {"source": "digits", "image_size": [16, 16], "limit": 400},
