@@ -42,6 +42,13 @@ from api.settings import ServiceSettings
 
 log = logging.getLogger("ddray.api")
 
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray job statuses that end a job
+
+
+def ray_status(info: Any) -> str:
+    """A Ray job's status as its plain name (``JobStatus`` is an enum)."""
+    return str(getattr(info.status, "value", info.status))
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from api.cluster import RayCluster, nice_prefix
+from api.cluster import TERMINAL, RayCluster, nice_prefix, ray_status
 from api.settings import ServiceSettings
 from api.store import JobRecord, JobStore
 from api.warm import WarmWorkers
@@ -49,7 +49,6 @@ log = logging.getLogger("ddray.api")
 STOPPED = "the service stopped while the job was running; resubmit the job"
 STOPPED_OUTSIDE = "the Ray job was stopped outside the service (ray job stop or the dashboard)"
 LOST = "Ray no longer knows this job (its cluster was restarted or replaced); resubmit the job"
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class Runner(Protocol):
@@ -68,11 +67,6 @@ def job_paths(job_dir: Path) -> dict[str, Path]:
 
 def submission_id(job_id: str) -> str:
     return f"ddray-{job_id}"
-
-
-def ray_status(info: Any) -> str:
-    """A Ray job's status as its plain name (``JobStatus`` is an enum)."""
-    return str(getattr(info.status, "value", info.status))
 
 
 def run_locations(record: JobRecord) -> list[str]:

@@ -16,14 +16,13 @@ import sys
 import time
 from typing import Any
 
-from api.cluster import RayCluster, nice_prefix
+from api.cluster import TERMINAL, RayCluster, nice_prefix, ray_status
 from api.settings import ServiceSettings
 from api.store import JobStore
 
 log = logging.getLogger("ddray.api")
 
 FILL_TIMEOUT_S = 120.0
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class WarmWorkers:
@@ -65,7 +64,7 @@ class WarmWorkers:
         sid, started = self._fill
         try:
             info = self.cluster.jobs().get_job_info(sid)
-            status = str(getattr(info.status, "value", info.status))
+            status = ray_status(info)
         except Exception:  # noqa: BLE001 - Ray lost it: nothing runs
             status = "FAILED"
         if status in TERMINAL:

@@ -79,18 +79,10 @@ def _add_suggest_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _suggest(args: argparse.Namespace, console: Console) -> int:
-    import yaml
-
-    from ddray.config import ConfigError
+    from ddray.config import read_config_file
     from ddray.suggest import suggest
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    raw = read_config_file(args.config)
     with console.status("timing candidate local models ..."):
         result = suggest(raw, cpus=args.cpus, gpus=args.gpus, hours=args.hours)
     if args.output:

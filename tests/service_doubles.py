@@ -33,6 +33,18 @@ TINY_JOB: dict[str, Any] = {
 }
 
 
+def wait_for(fn: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+    """``fn()``'s first true value, polled every ``interval`` seconds; TimeoutError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached in {timeout:.0f} s (last: {last})")
+
+
 def tiny_job(epochs: int = 3, **dataset: Any) -> dict[str, Any]:
     """The small fast job of the tests; many epochs make a job that runs long enough to cancel."""
     return {

@@ -19,7 +19,7 @@ import pytest
 from api.cluster import process_cmdline
 from api.runner import STOPPED
 from api.store import JobStore
-from service_doubles import Service, cleanup_state, tiny_job
+from service_doubles import Service, cleanup_state, tiny_job, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.timeout(240)]  # a real service with its own Ray head; jobs run on Ray
 
@@ -40,17 +40,6 @@ def svc(tmp_path_factory, data_root):
     yield service
     service.stop()
     cleanup_state(state, service.token)  # in case a test failed half-way through a kill
-
-
-def wait_for(fn, timeout: float, interval: float = 0.25, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached in {timeout:.0f} s (last: {last})")
 
 
 def cli(svc: Service, *args: str) -> subprocess.CompletedProcess:

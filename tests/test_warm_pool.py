@@ -28,6 +28,16 @@ def free_cpus(ray, expected: float, timeout: float = 60.0) -> float:
         time.sleep(0.2)
 
 
+def tiny_config(grid: list[int], method: str):
+    return parse_config({
+        "dataset": {"source": "synthetic", "kind": "count", "samples": 160, "size": [8, 8]},
+        "decomposition": {"grid": grid},
+        "local_model": {"width": 0.25},
+        "training": {"epochs": 1, "batch_size": 32},
+        "aggregation": {"methods": [method]},
+    })
+
+
 @pytest.fixture()
 def pool(ray_cluster):
     handle = warm_pool.pool(create=True)
@@ -85,14 +95,7 @@ def test_workers_of_a_driver_that_died_are_killed(ray_cluster, pool):
 def test_a_run_trains_on_the_warm_workers(ray_cluster, pool, tmp_path):
     ray = ray_cluster
     ray.get(pool.fill.remote(2, 1.0, 0.0))
-    config = parse_config({
-        "dataset": {"source": "synthetic", "kind": "count", "samples": 160, "size": [8, 8]},
-        "decomposition": {"grid": [2, 2]},
-        "local_model": {"width": 0.25},
-        "training": {"epochs": 1, "batch_size": 32},
-        "aggregation": {"methods": ["average"]},
-    })
-    results = run(config, tmp_path / "run")
+    results = run(tiny_config([2, 2], "average"), tmp_path / "run")
     assert results["workers"] == {"warm": 2}
     assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}  # the run killed what it took
     assert free_cpus(ray, 2.0) == 2.0
@@ -100,11 +103,4 @@ def test_a_run_trains_on_the_warm_workers(ray_cluster, pool, tmp_path):
 
 def test_a_run_without_a_pool_starts_its_own_workers(ray_cluster, tmp_path):
     assert warm_pool.pool() is None
-    config = parse_config({
-        "dataset": {"source": "synthetic", "kind": "count", "samples": 160, "size": [8, 8]},
-        "decomposition": {"grid": [1, 2]},
-        "local_model": {"width": 0.25},
-        "training": {"epochs": 1, "batch_size": 32},
-        "aggregation": {"methods": ["vote"]},
-    })
-    assert run(config, tmp_path / "run")["workers"] == {"warm": 0}
+    assert run(tiny_config([1, 2], "vote"), tmp_path / "run")["workers"] == {"warm": 0}

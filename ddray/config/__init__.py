@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ddray.config.aggregation import AggregationConfig, DNNConfig
 from ddray.config.data import FOLDER_SOURCES, DatasetConfig, DecompositionConfig
-from ddray.config.run import RunConfig, format_validation_error, limit_problems, load_config, parse_config
+from ddray.config.run import RunConfig, format_validation_error, limit_problems, load_config, parse_config, read_config_file
 from ddray.config.section import ConfigError
 from ddray.config.training import AugmentConfig, BaselinesConfig, LocalModelConfig, ResourcesConfig, TrainingConfig
 from ddray.config.tune import TUNABLE, SearchSpaceEntry, TuneConfig
@@ -20,4 +20,5 @@ __all__ = [
     "FOLDER_SOURCES", "TUNABLE", "AggregationConfig", "AugmentConfig", "BaselinesConfig", "ConfigError", "DatasetConfig",
     "DecompositionConfig", "DNNConfig", "LocalModelConfig", "ResourcesConfig", "RunConfig", "SearchSpaceEntry",
     "TrainingConfig", "TuneConfig", "format_validation_error", "limit_problems", "load_config", "parse_config",
+    "read_config_file",
 ]

@@ -176,15 +176,20 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
         raise ConfigError(format_validation_error(err)) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML (or JSON) config file."""
+def read_config_file(path: str | Path) -> Any:
+    """The YAML (or JSON) content of a config file, not yet validated; ConfigError names a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML (or JSON) config file."""
+    data = read_config_file(path)
     try:
         return parse_config(data)
     except ConfigError as err:

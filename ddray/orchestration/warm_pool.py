@@ -41,7 +41,6 @@ class _Idle:
     cpus: float
     gpus: float
     actor: Any
-    ready: Any  # resolves when the worker is up
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -60,9 +59,7 @@ class WarmPool:
         keep = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)][:count]
         _kill([w.actor for w in self._idle if w not in keep])
         while len(keep) < count:
-            starting: dict = {}
-            actor = start_worker(cpus, gpus, starting)
-            keep.append(_Idle(cpus, gpus, actor, next(iter(starting))))
+            keep.append(_Idle(cpus, gpus, start_worker(cpus, gpus, {})))
         self._idle = keep
         return len(keep)
 
