@@ -93,6 +93,7 @@ def run_scenario(scenario: str, out: Path, cluster: Cluster, workers: list, repo
         results = outcome["results"]
 
     report["local"] = results["local"]
+    report["worker_nodes"] = results["workers"]["nodes"]
     report["aggregation"] = results["aggregation"]
     report["state_files"] = sorted(p.name for p in (out / "shared").rglob("*.ckpt"))
 

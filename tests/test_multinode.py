@@ -34,9 +34,11 @@ def scenario(name: str, out: Path) -> dict:
 
 def test_subdomains_spread_over_gpu_worker_nodes_with_shared_storage(tmp_path):
     report = scenario("spread", tmp_path)
-    nodes = {entry["node_id"] for entry in report["local"]}
     assert len(report["local"]) == 4
-    assert nodes == set(report["workers"])  # both GPU workers used, nothing on the CPU-only head
+    # the pool spread over both GPU worker nodes, and nothing ran on the CPU-only head. Which worker trains which
+    # subdomain is a race: on a busy machine the first worker up may finish all four before the second one starts.
+    assert set(report["worker_nodes"]) == set(report["workers"])
+    assert {entry["node_id"] for entry in report["local"]} <= set(report["workers"])
     assert report["state_files"] == [f"sub{i:03d}.ckpt" for i in range(4)]  # checkpoints on shared storage
     assert (tmp_path / "run" / "checkpoints" / "local" / "sub003.pt").exists()  # weights reach the driver's run folder
 

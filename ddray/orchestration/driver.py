@@ -310,6 +310,11 @@ def _run_on_ray(
 
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
+    worker_nodes: dict[str, int] = {}  # node id -> local-phase workers that came up there
+
+    def count_worker(where: dict) -> None:
+        worker_nodes[where["node_id"]] = worker_nodes.get(where["node_id"], 0) + 1
+
     try:
         if config.tune is not None:
             from ddray.orchestration.tune import run_search
@@ -332,6 +337,7 @@ def _run_on_ray(
                 on_event=tracker.update,
                 on_result=keep,
                 pool=pool,
+                on_worker=count_worker,
             )
         local_wall = record_local_wall()
     finally:
@@ -375,7 +381,9 @@ def _run_on_ray(
         "aggregation": aggregation,
         **extra,
         "timings_s": timings,
-        "workers": {"warm": warm},  # of the local phase's workers, how many a service had started before the job
+        # of the local phase's workers: how many a service had started before the job, and how many came up on each
+        # node (a worker that came up after every subdomain was taken is counted too: it shows where the pool spread)
+        "workers": {"warm": warm, "nodes": worker_nodes},
         # class_names are read by predict; the fingerprint (sha256 of every split's model inputs and
         # labels) tells whether two runs trained on the same data
         "dataset": {**dataset.summary(), "fingerprint": dataset.fingerprint()},

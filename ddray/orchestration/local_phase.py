@@ -176,6 +176,7 @@ def run_local_phase(
     on_result: Callable[[LocalResult, dict], None],
     poll_s: float = 0.25,
     pool: PoolStart | None = None,
+    on_worker: Callable[[dict], None] | None = None,
 ) -> list[LocalResult]:
     """Train every task on a pool of at most ``slots`` actors; results in task order.
 
@@ -185,7 +186,7 @@ def run_local_phase(
     only that subdomain's arrays (:func:`~ddray.training.local.subdomain_arrays`; a worker then
     maps only its own pixels). ``pool``: workers already started for this phase
     (:func:`start_pool`); they are used, and the pool is filled up or trimmed to the size this
-    phase needs.
+    phase needs. ``on_worker`` gets each worker's :meth:`SubdomainWorker.where` once it is up.
     """
     if pool is not None and (pool.cpus, pool.gpus) != (cpus, gpus):
         raise ValueError(f"the pool was started for CPU {pool.cpus:g}, GPU {pool.gpus:g}, not CPU {cpus:g}, GPU {gpus:g}")
@@ -256,7 +257,7 @@ def run_local_phase(
                 if ref in starting:
                     worker = starting.pop(ref)
                     try:
-                        ray.get(ref)
+                        where = ray.get(ref)
                     except (*WORKER_LOST, ray.exceptions.RayTaskError) as err:
                         workers.remove(worker)
                         start_failures += 1
@@ -269,6 +270,8 @@ def run_local_phase(
                             add_worker()
                         continue
                     any_ready = True
+                    if on_worker is not None:
+                        on_worker(where)
                     if pending_tasks:
                         submit(worker)
                     else:
