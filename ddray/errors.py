@@ -5,7 +5,7 @@ from __future__ import annotations
 from ddray.config import ConfigError
 from ddray.data import DataError
 from ddray.decomposition import DecompositionError
-from ddray.models import UnknownModelError
+from ddray.models.registry import UnknownModelError
 from ddray.run_dir import RunDirError
 
 

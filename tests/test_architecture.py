@@ -146,3 +146,20 @@ def test_public_api_is_importable_without_ray_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[] [] ddray.predict"
+
+
+def test_validating_a_config_does_not_import_torch():
+    """`ddray run` starts Ray once the config is valid, and imports torch while Ray starts; a validation that
+    imported torch (1-2 s) would hold Ray's start back by that much."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ddray.config import parse_config\n"
+        "parse_config({'dataset': {'source': 'digits'}, 'local_model': {'name': 'resnet18', 'stem': 'imagenet'},"
+        " 'compare': ['global']})\n"
+        "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"

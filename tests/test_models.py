@@ -302,3 +302,27 @@ def test_specs_saved_before_the_options_still_load():
     old_dnn = dnn.to_dict()
     del old_dnn["fit_on"]
     assert DNNSpec.from_dict(old_dnn) == dnn and dnn.fit_on == "train"
+
+
+def test_a_users_own_family_registers_validates_and_builds():
+    from ddray.config import ConfigError, parse_config
+    from ddray.models import register_model
+    from ddray.models.registry import _FAMILIES
+
+    @register_model("tiny_linear_test", spatial_dims=(2,), options={"act": {"relu": (2,), "tanh": (2,)}})
+    def tiny(*, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0, act: str = "relu"):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+    try:
+        assert "tiny_linear_test" in list_models()
+        model = create_model("tiny_linear_test", in_channels=1, num_classes=3, spatial_dims=2, act="tanh")
+        assert model(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
+        parse_config({"dataset": {"source": "digits"}, "local_model": {"name": "tiny_linear_test"}})
+        with pytest.raises(ConfigError, match="3D volumes"):  # its declared dimensions are checked at config time
+            parse_config({"dataset": {"source": "synthetic", "size": [8, 8, 8]}, "decomposition": {"grid": [2, 2, 2]},
+                          "local_model": {"name": "tiny_linear_test"}})
+        register_model("tiny_linear_test", spatial_dims=(2,))(tiny)  # the same function again (a module reload)
+        with pytest.raises(ValueError, match="already registered by ddray.models.small_cnn:small_cnn"):
+            register_model("small_cnn")(tiny)
+    finally:
+        _FAMILIES.pop("tiny_linear_test", None)

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ddray.models.registry import init_weights, register_model
+from ddray.models.blocks import init_weights
 
 
-@register_model("mobilenet_v2", spatial_dims=(2,), options={"stem": {"small": (2,), "imagenet": (2,)}})
 def mobilenet_v2(*, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0, stem: str = "small") -> nn.Module:
     if spatial_dims != 2:
         raise ValueError("mobilenet_v2 works on 2D images only; use small_cnn, vgg11 or resnet18 for 3D volumes")

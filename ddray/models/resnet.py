@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ddray.models.registry import batch_norm, conv_layer, global_avg_pool, init_weights, register_model, scale_channels
+from ddray.models.blocks import batch_norm, conv_layer, global_avg_pool, init_weights, scale_channels
 
 
 class BasicBlock(nn.Module):
@@ -63,6 +63,5 @@ class ResNet(nn.Module):
         return self.head(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
-@register_model("resnet18", options={"stem": {"small": (2, 3), "imagenet": (2, 3)}})
 def resnet18(*, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0, stem: str = "small") -> nn.Module:
     return ResNet((2, 2, 2, 2), in_channels, num_classes, spatial_dims, width, stem)

@@ -5,15 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ddray.models.registry import (
-    SafeMaxPool,
-    batch_norm,
-    conv_layer,
-    global_avg_pool,
-    init_weights,
-    register_model,
-    scale_channels,
-)
+from ddray.models.blocks import SafeMaxPool, batch_norm, conv_layer, global_avg_pool, init_weights, scale_channels
 
 CHANNELS = (32, 64, 128)
 
@@ -39,6 +31,5 @@ class SmallCNN(nn.Module):
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("small_cnn")
 def small_cnn(*, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0) -> nn.Module:
     return SmallCNN(in_channels, num_classes, spatial_dims, width)

@@ -13,15 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ddray.models.registry import (
-    SafeMaxPool,
-    batch_norm,
-    conv_layer,
-    global_avg_pool,
-    init_weights,
-    register_model,
-    scale_channels,
-)
+from ddray.models.blocks import SafeMaxPool, batch_norm, conv_layer, global_avg_pool, init_weights, scale_channels
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -61,6 +53,5 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("vgg11", options={"head": {"gap": (2, 3), "classic": (2,)}})
 def vgg11(*, in_channels: int, num_classes: int, spatial_dims: int, width: float = 1.0, head: str = "gap") -> nn.Module:
     return VGG(VGG11, in_channels, num_classes, spatial_dims, width, head)
