@@ -23,6 +23,7 @@ from ddray.data.images import resize_images
 from ddray.data.preprocessing import VALUE_SCALE, Preprocessing, channel_stats, describe_channels, normalise_inplace
 from ddray.data.size import check_dataset_size
 from ddray.data.sources import SOURCES
+from ddray.data.split import shuffle_split, stratified_split
 from ddray.data.validation import DataError, check_grid_fit, check_image_size
 from ddray.limits import Limits
 
@@ -41,14 +42,11 @@ def split_indices(
     Falls back to an unstratified split (with a warning) when some class is too
     rare to stratify, e.g. after a small ``dataset.limit``.
     """
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
     try:
-        kept, split = train_test_split(idx, test_size=fraction, random_state=seed, shuffle=True, stratify=y)
+        kept, split = stratified_split(y, fraction, seed)
     except ValueError as strat_err:
         try:
-            kept, split = train_test_split(idx, test_size=fraction, random_state=seed, shuffle=True)
+            kept, split = shuffle_split(len(y), fraction, seed)
         except ValueError as err:
             raise DataError(
                 f"{origin}: cannot split {len(y)} samples into {what} ({err}); use more samples "
