@@ -61,6 +61,9 @@ def test_defaults_are_the_plain_loop_and_every_key_reaches_the_spec():
     assert training_spec(config, num_classes=3, in_channels=1, baseline="global").recipe == want, "baselines train with the same recipe"
     tuned = training_spec(config, num_classes=3, in_channels=1, overrides={"lr": 0.01, "epochs": 2})
     assert tuned.recipe == want, "Tune overrides keep the recipe"
+    assert RecipeSpec().channels_last, "convolutions train channels-last unless the config says otherwise"
+    plain = training_spec(parse_config({"training": {"channels_last": False}}), num_classes=3, in_channels=1)
+    assert not plain.recipe.channels_last
 
 
 @pytest.mark.parametrize(
@@ -229,6 +232,34 @@ def test_reduced_precision_trains_a_small_cnn_on_cpu_to_a_finite_loss(precision)
     assert all(p.dtype == torch.float32 for p in model.parameters()), "weights stay float32"
     proba = predict_proba(model, xv)
     assert proba.dtype == np.float32 and np.allclose(proba.sum(1), 1, atol=1e-5)
+
+
+# ------------------------------------------------------------------ memory layout
+
+
+@pytest.mark.parametrize("dims, augment", [(2, AugmentSpec()), (2, AugmentSpec(flip=True, crop_padding=1)), (3, AugmentSpec())])
+def test_channels_last_trains_on_channels_last_batches_to_the_same_model_up_to_rounding(dims, augment):
+    xt, yt, xv, yv = _images(n=48, size=6, channels=3, dims=dims)
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    trained, seen = {}, {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = ModelSpec("small_cnn", 0.25, 3, 3, spatial_dims=dims).build()
+        formats = seen[flag] = set()
+        model.register_forward_pre_hook(lambda m, args: formats.add(args[0].is_contiguous(memory_format=layout)))
+        result = fit(model, xt, yt, xv, yv, epochs=2, batch_size=8, optimizer=OptimizerSpec("sgd", 0.05), seed=3,
+                     recipe=RecipeSpec(augment=augment, channels_last=flag))
+        trained[flag] = (result, model)
+    assert seen == {False: {False}, True: {True}}, "every training and validation batch in the asked layout"
+    (plain, plain_model), (fast, fast_model) = trained[False], trained[True]
+    assert [h["val_accuracy"] for h in plain.history] == [h["val_accuracy"] for h in fast.history]
+    assert all(math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4) for a, b in zip(plain.history, fast.history))
+    for (name, a), b in zip(plain_model.state_dict().items(), fast_model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+    # the weights load into a model built the default way (predict, transfer)
+    fresh = ModelSpec("small_cnn", 0.25, 3, 3, spatial_dims=dims).build()
+    fresh.load_state_dict(fast_model.state_dict())
+    assert np.allclose(predict_proba(fresh, xv), predict_proba(fast_model, xv), atol=1e-5)
 
 
 # ------------------------------------------------------------------ early stopping

@@ -90,6 +90,10 @@ class TrainingConfig(Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many epochs without a better validation accuracy (the best epoch's weights are kept)"
     )
+    channels_last: bool = Field(
+        True, description="convolutions on channels-last tensors (NHWC, NDHWC): 13-40 % faster on CPU for every family "
+        "(docs/recipes.md), and the layout GPU tensor cores use; false: PyTorch's default layout"
+    )
 
 
 class ResourcesConfig(Section):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ddray.storage import atomic_write
-from ddray.training.recipe import augment_batch, autocast, check_recipe, grad_scaler, make_scheduler
+from ddray.training.recipe import augment_batch, autocast, check_recipe, grad_scaler, make_scheduler, memory_layout
 from ddray.training.spec import OptimizerSpec, RecipeSpec
 
 AUGMENT_STREAM = 0x5EED_A116  # keeps the augmentation draws apart from the batch order's
@@ -124,7 +124,8 @@ def fit(
     recipe = recipe or RecipeSpec()
     check_recipe(recipe, device, x_train, x_val)
     patience = recipe.early_stopping_patience
-    model.to(device)
+    layout = memory_layout(recipe, x_train)
+    model.to(device, memory_format=layout or torch.preserve_format)
     opt = optimizer.make(model.parameters())
     scheduler = make_scheduler(recipe, opt, epochs)
     scaler = grad_scaler(recipe, device)
@@ -148,6 +149,8 @@ def fit(
     # on a GPU the training split moves to the device once and batches are cut there: no
     # host-to-device copy per step (a subdomain's share of the data is small); on CPU this is a no-op
     x_train, y_train = x_train.to(device), y_train.to(device)
+    if layout is not None:  # once, not per batch: index batches keep the layout (a 1-channel tensor is already both)
+        x_train, x_val = x_train.contiguous(memory_format=layout), x_val.contiguous(memory_format=layout)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
     started = time.perf_counter()
@@ -167,6 +170,8 @@ def fit(
             xb, yb = x_train[idx], y_train[idx]
             if augment_rng is not None:
                 xb = augment_batch(xb, recipe.augment, augment_rng)
+                if layout is not None:
+                    xb = xb.contiguous(memory_format=layout)
             opt.zero_grad(set_to_none=True)
             with autocast(recipe, device):
                 loss = loss_fn(model(xb), yb)

@@ -25,6 +25,14 @@ from ddray.training.spec import AugmentSpec, RecipeSpec, SpecError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def memory_layout(recipe: RecipeSpec, x: torch.Tensor) -> torch.memory_format | None:
+    """The layout ``fit`` puts the model and the image batches in: channels-last for (N, C, H, W) and
+    (N, C, D, H, W) inputs when the recipe asks for it (oneDNN's and cuDNN's faster convolutions), else None."""
+    if not recipe.channels_last:
+        return None
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
+
+
 def augment_batch(x: torch.Tensor, augment: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
     """``x`` (N, C, H, W) or (N, C, D, H, W) with each sample flipped and/or shifted at random, on ``x``'s device.
 
