@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import platform
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -230,12 +231,20 @@ def _fmt(value: Any, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def write_tables(results: dict[str, Any], out_dir: Path) -> None:
-    import pandas as pd
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Rows as CSV, columns in order of first appearance, missing and NaN values empty (the standard library's
+    writer: importing pandas for this took 0.7 s of every run's end)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if isinstance(v, float) and v != v else v for k, v in row.items()})
 
+
+def write_tables(results: dict[str, Any], out_dir: Path) -> None:
     rows = comparison_rows(results)
-    frame = pd.DataFrame(rows)
-    frame.to_csv(out_dir / TABLE_CSV, index=False)
+    write_csv(rows, out_dir / TABLE_CSV)
     lines = [
         "| model | kind | test accuracy | parameters | total parameters | train wall (s) | time to model (s) | speedup vs global |",
         "|---|---|---|---|---|---|---|---|",

@@ -13,13 +13,13 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
 from rich.console import Console
 
-from ddray import report
+from ddray import plots, report
 from ddray.aggregation import aggregate, stack_probabilities
 from ddray.coarse.multilevel import Multilevel
 from ddray.coarse.streaming import CoarseWorker, class_prior, stream_entry
@@ -138,9 +138,10 @@ def run(
         try:
             pool = ray_up()
             try:
-                results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started, pool, tracking)
-            finally:
-                discard_pool(pool)  # what the local phase did not use (a joined cluster outlives this run)
+                results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started, pool, tracking, ray_up.release)
+            except BaseException:
+                discard_pool(pool)  # workers a failed run did not use (a joined cluster outlives this run)
+                raise
             reports = report.write_in_background(results, run_dir.root, tracking)  # while Ray shuts down
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ddray cancel` (the CLI turns it into this)
             tracker.close("cancelled", error="interrupted; finished subdomains are kept, continue with ddray run --resume")
@@ -196,8 +197,7 @@ def _release_workers(ray_up) -> None:
 
 
 def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
-    """Runs as soon as Ray is up, while the driver still loads the data: the local phase's workers (and this
-    process's own lazy torch imports).
+    """Runs as soon as Ray is up, while the driver still loads the data: the local phase's workers.
 
     Only what the config alone tells (subdomain count, resources, what a resumed run has left);
     with a Tune search its trials start their own processes. Any problem here is checked again,
@@ -212,10 +212,16 @@ def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
     if todo > 0:
         slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
         pool = start_pool(todo, slots, res.cpus_per_subdomain, res.gpus_per_subdomain, warm=warm)
-    # this process fits the DNN later: its first optimizer step's imports happen now, in a thread of
-    # their own, so neither the workers' start nor the driver's next step waits for them
-    threading.Thread(target=warm_up, name="ddray-warm-up", daemon=True).start()
     return pool
+
+
+def _prepare_aggregation() -> None:
+    """The imports the end of a run needs, made while the workers train (in a thread of the driver):
+    the DNN fit's first optimizer step imports torch._dynamo (a second of CPU), the pictures need
+    matplotlib. Not earlier: Ray and the workers start on the same cores; not later: the run's end
+    would wait for them, on one core."""
+    warm_up()
+    plots.warm_up()
 
 
 def _start_coarse(
@@ -252,7 +258,10 @@ def _run_on_ray(
     started: float,
     pool: PoolStart | None = None,
     tracking: Tracking | None = None,
+    release_ray: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """The local phase, the coarse level and the baselines. ``release_ray``: called once nothing after the
+    local phase needs Ray (no ``compare``), so an embedded Ray shuts down while the DNN fits."""
     res = config.resources
     slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
     if config.compare:
@@ -310,6 +319,14 @@ def _run_on_ray(
 
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
+    warming: list[threading.Thread] = []
+
+    def on_event(event: dict) -> None:
+        tracker.update(event)
+        if not warming and event.get("status") == "running":  # the workers train: see _prepare_aggregation
+            warming.append(threading.Thread(target=_prepare_aggregation, name="ddray-warm-up", daemon=True))
+            warming[0].start()
+
     worker_nodes: dict[str, int] = {}  # node id -> local-phase workers that came up there
 
     def count_worker(where: dict) -> None:
@@ -321,7 +338,7 @@ def _run_on_ray(
 
             data_ref = ray.put(dataset.arrays())  # once, shared by every trial
             tracker.phase("search", subdomains=len(subdomains), samples=config.tune.num_samples)
-            extra["tune"] = run_search(config, run_dir, tasks, data_ref, slots=slots, on_event=tracker.update, on_result=keep)
+            extra["tune"] = run_search(config, run_dir, tasks, data_ref, slots=slots, on_event=on_event, on_result=keep)
         else:
             # each worker gets its own subdomain's pixels, cut here once: a worker then maps 1/N of the
             # data (plus overlap), not every page of the whole data set its slice runs through
@@ -334,7 +351,7 @@ def _run_on_ray(
                 gpus=res.gpus_per_subdomain,
                 slots=slots,
                 max_retries=res.max_retries,
-                on_event=tracker.update,
+                on_event=on_event,
                 on_result=keep,
                 pool=pool,
                 on_worker=count_worker,
@@ -343,6 +360,8 @@ def _run_on_ray(
     finally:
         if coarse_worker is not None:
             coarse_worker.close()  # the fit under way ends; what is left is fitted below
+    if release_ray is not None and not config.compare:
+        release_ray()
 
     tracker.phase("aggregation", methods=config.aggregation.methods)
     agg_started = time.perf_counter()

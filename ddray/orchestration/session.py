@@ -26,6 +26,7 @@ class _Start:
         self.owned = not ray.is_initialized()
         self.error: BaseException | None = None
         self.ready, self._done = threading.Event(), threading.Event()
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ddray-ray-session", daemon=True)
         self._thread.start()
 
@@ -40,13 +41,15 @@ class _Start:
         self._done.wait()
 
     def close(self) -> None:
+        """Shut down the Ray this start began (a second call waits for the first one to finish)."""
         self.ready.wait()
-        try:
-            if self.owned and ray.is_initialized():
-                ray.shutdown()
-        finally:
-            self._done.set()
-            self._thread.join()
+        with self._closing:
+            try:
+                if self.owned and ray.is_initialized():
+                    ray.shutdown()
+            finally:
+                self._done.set()
+                self._thread.join()
 
 
 _early: list[_Start] = []
@@ -66,6 +69,22 @@ def discard_early() -> None:
         _early.pop().close()
 
 
+class Session:
+    """What :func:`ray_session` yields: call it to wait until Ray is up; :meth:`release` when done with Ray."""
+
+    def __init__(self, start: _Start, wait: Callable[[], Any]):
+        self._start, self._wait = start, wait
+
+    def __call__(self) -> Any:
+        return self._wait()
+
+    def release(self) -> None:
+        """The caller needs Ray no more: an embedded Ray this session started shuts down now, in the
+        background (its processes take a second or two to exit), while the caller goes on without Ray;
+        the session's end waits for it. A Ray that was already up is left alone, as at the session's end."""
+        threading.Thread(target=self._start.close, name="ddray-ray-release", daemon=True).start()
+
+
 @contextmanager
 def ray_session(
     address: str | None = None,
@@ -73,14 +92,14 @@ def ray_session(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     then: Callable[[], Any] | None = None,
-) -> Iterator[Callable[[], Any]]:
+) -> Iterator[Session]:
     """Join ``address`` or start an embedded local Ray; reuse (and keep) one that is already up.
 
     The start (and ``then``) runs in a thread while the caller goes on, e.g. loading its data:
-    ``ray.init`` takes seconds that need not be spent in sequence. Yields ``wait()``, which the
-    caller calls from the main thread: it returns once Ray is up, with what ``then()`` returned
+    ``ray.init`` takes seconds that need not be spent in sequence. Yields a :class:`Session`, which
+    the caller calls from the main thread: it returns once Ray is up, with what ``then()`` returned
     (None without ``then``), and puts the caller's SIGTERM handler back. A failed ``then`` is not
-    an error (it returns None; the caller checks again); a failed start is raised by ``wait()``.
+    an error (it returns None; the caller checks again); a failed start is raised by the call.
     """
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     start = _early.pop() if _early else None
@@ -109,7 +128,7 @@ def ray_session(
         return outcome.get("value")
 
     try:
-        yield wait
+        yield Session(start, wait)
     finally:
         follow.join()
         start.close()
