@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +49,13 @@ def cli(*args, cwd, env, timeout=300):
 def child_env(server, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "DDRAY_STORAGE"}
     return {**env, **server.env, "DDRAY_PLAIN_PROGRESS": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def run_info(out: Path) -> dict:
@@ -146,8 +155,16 @@ def first_run(bucket, tmp_path_factory):
     """One CLI run: storage s3://BUCKET/runs, data s3://BUCKET/data/x.npz, output folder named 'run' (as REST jobs)."""
     work = tmp_path_factory.mktemp("first")
     (work / "cfg.yaml").write_text(yaml.safe_dump(run_config()))
-    proc = cli("run", "cfg.yaml", "--output", "job1/run", "--num-cpus", "2", cwd=work, env=child_env(bucket))
+    ray_tmp = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")  # the embedded Ray's sessions (short: socket paths are limited)
+    proc = cli("run", "cfg.yaml", "--output", "job1/run", "--num-cpus", "2", cwd=work, env=child_env(bucket, RAY_TMPDIR=ray_tmp))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the embedded Ray ended with the run: none of its processes (GCS, raylet, monitors, agents, workers) is left
+    # (a worker may take a moment to notice its raylet is gone)
+    deadline = time.monotonic() + 20
+    while (left := [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if ray_tmp in _cmdline(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], [_cmdline(pid) for pid in left]
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     out = work / "job1" / "run"
     return {"work": work, "out": out, "info": run_info(out), "keys": bucket.keys(BUCKET, "runs/"), "stderr": proc.stderr}
 

@@ -46,6 +46,8 @@ class _Start:
         with self._closing:
             try:
                 if self.owned and ray.is_initialized():
+                    if self.key[0] is None:  # the embedded Ray this process started
+                        _stop_autoscaler_monitor()
                     ray.shutdown()
             finally:
                 self._done.set()
@@ -132,6 +134,26 @@ def ray_session(
     finally:
         follow.join()
         start.close()
+
+
+def _stop_autoscaler_monitor() -> None:
+    """Kill an embedded Ray's autoscaler monitor before ``ray.shutdown``, which saves a second per run.
+
+    ``ray.shutdown`` stops the GCS before the monitor; the monitor's SIGTERM handler then reports
+    to the gone GCS and hangs until Ray kills it one second later (measured on Ray 2.60: 1.01 of
+    the shutdown's 1.1 s). A local Ray has nothing to autoscale, so the monitor goes first, at
+    once. Ray's process table is private API (ray is pinned in pyproject.toml): if it changes,
+    this does nothing and the shutdown is as slow as before.
+    """
+    try:
+        from ray._private import ray_constants
+        from ray._private.worker import _global_node
+
+        for info in _global_node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
+            info.process.kill()
+            info.process.wait(timeout=5)
+    except Exception as err:  # noqa: BLE001 - an optimisation only
+        log.debug("could not stop the autoscaler monitor before the shutdown: %s", err)
 
 
 def _restore_sigterm(handler: Any) -> None:
