@@ -34,7 +34,7 @@ def test_jobs_train_on_warm_workers_and_a_search_is_not_blocked_by_them(tmp_path
 
             first = c.post("/jobs", json={"config": tiny_job(epochs=1)}).json()["id"]
             assert finished(first)["status"] == "succeeded"
-            assert c.get(f"/jobs/{first}/results").json()["workers"] == {"warm": 2}
+            assert c.get(f"/jobs/{first}/results").json()["workers"]["warm"] == 2
 
             # the service fills its pool again once idle; a Tune search then frees the workers for its trials
             wait_for(pool_full, 120, what="the pool filled again after the job")
