@@ -132,34 +132,34 @@ def test_no_test_doubles_in_the_product():
         assert not [c for c in classes if c.startswith(("Fake", "Mock", "Stub"))], module
 
 
-def test_public_api_is_importable_without_ray_or_torch():
-    """``import ddray`` is what notebooks and the service do first: the public names, nothing heavy."""
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (module imports of this test process do not count)."""
     import subprocess
     import sys
 
-    code = (
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+
+
+def test_public_api_is_importable_without_ray_or_torch():
+    """``import ddray`` is what notebooks and the service do first: the public names, nothing heavy."""
+    out = fresh_python(
         "import sys, ddray\n"
         "missing = [n for n in ddray.__all__ if n != 'TrainedRun' and not hasattr(ddray, n)]\n"
         "heavy = sorted(m for m in ('ray', 'torch') if m in sys.modules)\n"
         "trained_run = ddray.TrainedRun.__module__  # loaded on first use (it needs torch)\n"
         "print(missing, heavy, trained_run)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert out.strip() == "[] [] ddray.predict"
+    assert out == "[] [] ddray.predict"
 
 
 def test_validating_a_config_does_not_import_torch():
     """`ddray run` starts Ray once the config is valid, and imports torch while Ray starts; a validation that
     imported torch (1-2 s) would hold Ray's start back by that much."""
-    import subprocess
-    import sys
-
-    code = (
+    out = fresh_python(
         "import sys\n"
         "from ddray.config import parse_config\n"
         "parse_config({'dataset': {'source': 'digits'}, 'local_model': {'name': 'resnet18', 'stem': 'imagenet'},"
         " 'compare': ['global']})\n"
         "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert out.strip() == "[]"
+    assert out == "[]"
