@@ -319,13 +319,14 @@ def _run_on_ray(
 
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
-    warming: list[threading.Thread] = []
+    preparing = False
 
     def on_event(event: dict) -> None:
+        nonlocal preparing
         tracker.update(event)
-        if not warming and event.get("status") == "running":  # the workers train: see _prepare_aggregation
-            warming.append(threading.Thread(target=_prepare_aggregation, name="ddray-warm-up", daemon=True))
-            warming[0].start()
+        if not preparing and event.get("status") == "running":  # the workers train: see _prepare_aggregation
+            preparing = True
+            threading.Thread(target=_prepare_aggregation, name="ddray-warm-up", daemon=True).start()
 
     worker_nodes: dict[str, int] = {}  # node id -> local-phase workers that came up there
 

@@ -110,7 +110,7 @@ def select_best(records: Sequence[TrialRecord], selection_metric: str, mode: str
 
 
 def write_trials_csv(path: Path, records: Sequence[TrialRecord], best: TrialRecord | None) -> None:
-    import pandas as pd
+    from ddray.report import write_csv
 
     rows = []
     for r in records:
@@ -119,7 +119,7 @@ def write_trials_csv(path: Path, records: Sequence[TrialRecord], best: TrialReco
         row.update({k: r.metrics.get(k) for k in TRIAL_COLUMNS})
         row["error"] = r.error
         rows.append(row)
-    pd.DataFrame(rows).to_csv(path, index=False)
+    write_csv(rows, path)
 
 
 def read_best(path: Path) -> dict[int, dict]:
