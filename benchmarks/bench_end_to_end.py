@@ -36,12 +36,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def job_config(args: argparse.Namespace) -> dict:
+def job_config(*, size: int = 64, grid=(2, 2), overlap: int = 0, model: str = "small_cnn", width: float = 0.5,
+               epochs: int = 10, batch_size: int = 64, lr: float = 0.003) -> dict:
+    """The benchmark's run (also what bench_run_timeline and bench_submit_latency --digits submit)."""
     return {
-        "dataset": {"source": "digits", "image_size": [args.size, args.size]},
-        "decomposition": {"grid": args.grid, "overlap": args.overlap},
-        "local_model": {"name": args.model, "width": args.width},
-        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+        "dataset": {"source": "digits", "image_size": [size, size]},
+        "decomposition": {"grid": list(grid), "overlap": overlap},
+        "local_model": {"name": model, "width": width},
+        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr},
         "resources": {"cpus_per_subdomain": 1},
         "seed": 0,
     }
@@ -105,7 +107,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ddray-e2e-") as tmp:
         tmp = Path(tmp)
         config = tmp / "job.yaml"
-        config.write_text(yaml.safe_dump(job_config(args)))
+        config.write_text(yaml.safe_dump(job_config(size=args.size, grid=args.grid, overlap=args.overlap, model=args.model,
+                                                     width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)))
         for r in range(args.repeats):
             order = ("ddray", "global") if r % 2 == 0 else ("global", "ddray")
             for side in order:

@@ -24,21 +24,13 @@ from pathlib import Path
 
 import yaml
 
+from api.cluster import process_cmdline
+from bench_end_to_end import job_config  # this folder is on sys.path when a benchmark runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 RAY_HELPERS = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "ray_process_reaper")
 KINDS = ("driver", "ray", "workers")
-
-
-def job_config(args: argparse.Namespace) -> dict:
-    return {
-        "dataset": {"source": "digits", "image_size": [args.size, args.size]},
-        "decomposition": {"grid": args.grid, "overlap": 0},
-        "local_model": {"name": "small_cnn", "width": args.width},
-        "training": {"epochs": args.epochs, "batch_size": 64, "lr": 0.003},
-        "resources": {"cpus_per_subdomain": 1},
-        "seed": 0,
-    }
 
 
 def process_table() -> dict[int, tuple[int, float]]:
@@ -58,10 +50,7 @@ def process_table() -> dict[int, tuple[int, float]]:
 def kind(pid: int, driver: int) -> str:
     if pid == driver:
         return "driver"
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "workers"
+    cmd = process_cmdline(pid)
     if "DashboardAgent" in cmd or "RuntimeEnvAgent" in cmd:  # agents are Ray's, though titled ray::
         return "ray"
     if "default_worker.py" in cmd or cmd.startswith("ray::"):  # a worker process, before and after it takes an actor
@@ -80,7 +69,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ddray-timeline-") as tmp:
         config, out = Path(tmp) / "job.yaml", Path(tmp) / "run"
-        config.write_text(yaml.safe_dump(job_config(args)))
+        config.write_text(yaml.safe_dump(job_config(size=args.size, grid=args.grid, width=args.width, epochs=args.epochs)))
         env = {**os.environ, "DDRAY_PLAIN_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "ddray", "run", str(config), "--output", str(out), "--num-cpus", str(args.cores)],

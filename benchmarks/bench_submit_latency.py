@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the repo (api, ddray) and the test helpers
 
+from bench_end_to_end import job_config as end_to_end_config  # noqa: E402
 from service_doubles import Service, tiny_job  # noqa: E402
 
 
@@ -62,16 +63,7 @@ def milestones(client, job_id: str, submitted: float, timeout: float) -> dict[st
 
 def job_config(args) -> dict:
     """The tests' tiny job, or with ``--digits`` the end-to-end benchmark's run (digits at 64x64, 2x2, small_cnn 0.5)."""
-    if not args.digits:
-        return tiny_job(epochs=args.epochs)
-    return {
-        "dataset": {"source": "digits", "image_size": [64, 64]},
-        "decomposition": {"grid": [2, 2], "overlap": 0},
-        "local_model": {"name": "small_cnn", "width": 0.5},
-        "training": {"epochs": args.epochs, "batch_size": 64, "lr": 0.003},
-        "resources": {"cpus_per_subdomain": 1},
-        "seed": 0,
-    }
+    return end_to_end_config(epochs=args.epochs) if args.digits else tiny_job(epochs=args.epochs)
 
 
 def measure(tmp: Path, args, warm_workers: int | None) -> list[dict[str, float]]:

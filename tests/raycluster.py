@@ -19,16 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from api.cluster import free_port
+from api.cluster import free_port, process_cmdline
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _environ(pid: int) -> bytes:
@@ -136,7 +129,7 @@ class LocalRayCluster:
             if stat is None or stat[0] == "Z":
                 continue
             in_session = self.session is not None and stat[3] == str(self.session)
-            if in_session or self.temp_dir in _cmdline(pid) or marker in _environ(pid):
+            if in_session or self.temp_dir in process_cmdline(pid) or marker in _environ(pid):
                 pids.append(pid)
         return pids
 

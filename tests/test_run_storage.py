@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from api.cluster import process_cmdline
 from ddray import storage
 from ddray.config import parse_config
 from ddray.data import generate_count
@@ -49,13 +50,6 @@ def cli(*args, cwd, env, timeout=300):
 def child_env(server, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "DDRAY_STORAGE"}
     return {**env, **server.env, "DDRAY_PLAIN_PROGRESS": "1", "PYTHONPATH": str(ROOT), **extra}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def run_info(out: Path) -> dict:
@@ -161,9 +155,9 @@ def first_run(bucket, tmp_path_factory):
     # the embedded Ray ended with the run: none of its processes (GCS, raylet, monitors, agents, workers) is left
     # (a worker may take a moment to notice its raylet is gone)
     deadline = time.monotonic() + 20
-    while (left := [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if ray_tmp in _cmdline(pid)]) and time.monotonic() < deadline:
+    while (left := [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if ray_tmp in process_cmdline(pid)]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert left == [], [_cmdline(pid) for pid in left]
+    assert left == [], [process_cmdline(pid) for pid in left]
     shutil.rmtree(ray_tmp, ignore_errors=True)
     out = work / "job1" / "run"
     return {"work": work, "out": out, "info": run_info(out), "keys": bucket.keys(BUCKET, "runs/"), "stderr": proc.stderr}

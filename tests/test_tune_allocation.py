@@ -162,19 +162,24 @@ def test_results_rows_counts_and_allocation_plot(tmp_path):
 # ------------------------------------------------------------------ a tiny adaptive search on the shared Ray
 
 
+def adaptive_config(*, epochs: int, concurrent: int):
+    """Two subdomains, a budget of 4 trials, at least 1 each: the smallest adaptive search there is."""
+    return parse_config({
+        "dataset": {"source": "synthetic", "kind": "count", "samples": 200, "size": [16, 16]},
+        "decomposition": {"grid": [1, 2]},
+        "local_model": {"name": "small_cnn", "width": 0.25},
+        "training": {"epochs": epochs, "batch_size": 32},
+        "aggregation": {"methods": ["average"]},
+        "tune": {"num_samples": 2, "allocation": "adaptive", "min_trials_per_subdomain": 1,
+                 "max_concurrent_trials": concurrent, "space": {"lr": {"loguniform": [0.0003, 0.01]}}},
+    })
+
+
 @pytest.mark.ray
 def test_adaptive_search_end_to_end(ray_cluster, tmp_path):
     from ddray.orchestration.driver import run
 
-    config = parse_config({
-        "dataset": {"source": "synthetic", "kind": "count", "samples": 200, "size": [16, 16]},
-        "decomposition": {"grid": [1, 2]},
-        "local_model": {"name": "small_cnn", "width": 0.25},
-        "training": {"epochs": 2, "batch_size": 32},
-        "aggregation": {"methods": ["average"]},
-        "tune": {"num_samples": 2, "allocation": "adaptive", "min_trials_per_subdomain": 1,
-                 "max_concurrent_trials": 2, "space": {"lr": {"loguniform": [0.0003, 0.01]}}},
-    })
+    config = adaptive_config(epochs=2, concurrent=2)
     results = run(config, tmp_path / "run")
     t = results["tune"]
     assert t["allocation"] == "adaptive" and t["budget"] == 4
@@ -197,15 +202,7 @@ def test_interrupted_adaptive_search_resumes_its_rounds(ray_cluster, tmp_path, m
     from ddray.orchestration import driver
     from ddray.orchestration.tune import SearchInterrupted
 
-    config = parse_config({
-        "dataset": {"source": "synthetic", "kind": "count", "samples": 200, "size": [16, 16]},
-        "decomposition": {"grid": [1, 2]},
-        "local_model": {"name": "small_cnn", "width": 0.25},
-        "training": {"epochs": 3, "batch_size": 32},
-        "aggregation": {"methods": ["average"]},
-        "tune": {"num_samples": 2, "allocation": "adaptive", "min_trials_per_subdomain": 1,
-                 "max_concurrent_trials": 1, "space": {"lr": {"loguniform": [0.0003, 0.01]}}},
-    })
+    config = adaptive_config(epochs=3, concurrent=1)
     out = tmp_path / "run"
     original_update = driver.ProgressTracker.update
     started: list[str] = []
