@@ -171,4 +171,35 @@ def _init(address: str | None, num_cpus: int | None, num_gpus: int | None) -> No
         ray.init(address=address, **kwargs)
     else:
         # address="local": always a new embedded Ray, never a stray cluster left on this machine
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+        with _without_api_server():
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+
+
+@contextmanager
+def _without_api_server() -> Iterator[None]:
+    """An embedded Ray without its API server, which saves about a second of ``ray.init``.
+
+    With ``include_dashboard=False`` Ray 2.60 still starts its API server process (only the
+    usage-stats module loaded: no dashboard, no state or jobs API) and waits, polling, until it
+    has published its address, before it even starts the raylet. ddray's embedded Ray uses none
+    of it. Ray's node class is private API (ray is pinned in pyproject.toml): if it changes, the
+    API server starts as before.
+    """
+    try:
+        from ray._private.node import Node
+
+        original = Node.start_api_server
+    except Exception as err:  # noqa: BLE001 - an optimisation only
+        log.debug("cannot skip Ray's API server: %s", err)
+        yield
+        return
+
+    def start_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        if include_dashboard:
+            original(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+
+    Node.start_api_server = start_api_server
+    try:
+        yield
+    finally:
+        Node.start_api_server = original
