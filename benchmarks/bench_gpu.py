@@ -88,7 +88,7 @@ def main() -> None:
             cpus = min(1.0, ray.cluster_resources().get("CPU", 1) / actors)
             started = time.perf_counter()
             results = run_local_phase(tasks, ref, cpus=cpus, gpus=share, slots=actors, max_retries=0,
-                                      on_event=lambda e: None, on_result=lambda r, w: None)
+                                      on_event=lambda e: None, on_result=lambda r, w: None).results
             wall = time.perf_counter() - started  # worker start-up included: what a run pays
             devices = sorted({r.device for r in results})
             rate = samples / wall

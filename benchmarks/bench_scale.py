@@ -69,7 +69,7 @@ def main() -> None:
             t0 = time.perf_counter()
             # as the driver does: each subdomain's own pixels (or, to compare, one reference to everything)
             ref = {t.sub.index: ray.put(subdomain_arrays(arrays, t.sub)) for t in tasks} if per_subdomain else ray.put(arrays)
-            results = run_local_phase(tasks, ref, cpus=args.cpus, gpus=0, slots=slots, max_retries=0, on_event=lambda e: None, on_result=lambda r, w: wheres.append(w))
+            results = run_local_phase(tasks, ref, cpus=args.cpus, gpus=0, slots=slots, max_retries=0, on_event=lambda e: None, on_result=lambda r, w: wheres.append(w)).results
             wall = time.perf_counter() - t0
             store = next((line.strip() for line in memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True).splitlines() if "Plasma memory usage" in line), "n/a")
             del ref

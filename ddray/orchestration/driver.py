@@ -8,10 +8,12 @@ fails in seconds and never half-way through a training.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +34,7 @@ from ddray.errors import JobFailed
 from ddray.limits import Limits
 from ddray.orchestration.cluster import check_feasible
 from ddray.orchestration.session import ray_session
-from ddray.orchestration.local_phase import LocalTask, PoolStart, discard_pool, run_local_phase, start_pool
+from ddray.orchestration.local_phase import WORKER_LOST, LocalTask, PoolStart, discard_pool, run_local_phase, start_pool
 from ddray.orchestration.warm_pool import take_workers
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
@@ -41,6 +43,8 @@ from ddray.tracking import Tracking
 from ddray.training.baselines import parameter_summary
 from ddray.training.local import LocalResult, subdomain_arrays, warm_up
 from ddray.training.spec import dnn_spec, training_spec
+
+log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool, run_id: str | None = None) -> RunDir:
@@ -215,13 +219,34 @@ def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
     return pool
 
 
-def _prepare_aggregation() -> None:
+def _prepare_aggregation(fit_here: bool) -> None:
     """The imports the end of a run needs, made while the workers train (in a thread of the driver):
-    the DNN fit's first optimizer step imports torch._dynamo (a second of CPU), the pictures need
-    matplotlib. Not earlier: Ray and the workers start on the same cores; not later: the run's end
-    would wait for them, on one core."""
-    warm_up()
+    the pictures need matplotlib; a DNN fitted in this process (``fit_here``) needs what its first
+    optimizer step imports, torch._dynamo (a second of CPU). Not earlier: Ray and the workers start
+    on the same cores; not later: the run's end would wait for them, on one core."""
+    if fit_here:
+        warm_up()
     plots.warm_up()
+
+
+def _after_local_phase(worker: Any, *calls: Callable[[], Any]) -> list:
+    """The driver's torch work after the local phase (average, vote and the DNN fit; the parameter
+    counts): on the local phase's last worker when there is one, else in this process; no new
+    process either way.
+
+    The worker has torch's lazy imports loaded, which the driver would import first: torch._dynamo
+    (an optimizer's first step) and the meta device's decompositions (the parameter counts) took
+    1-2 s of CPU, competing with the local CNNs' training. The DNN fits on one torch thread in
+    both places, so its result is the same.
+    """
+    if worker is not None:
+        try:
+            return ray.get(worker.run.remote(list(calls)))
+        except WORKER_LOST as err:  # e.g. its node went away: here instead
+            log.warning("the worker kept for the aggregation was lost (%s); aggregating in the driver", err)
+        finally:
+            ray.kill(worker)
+    return [call() for call in calls]
 
 
 def _start_coarse(
@@ -320,13 +345,17 @@ def _run_on_ray(
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
     preparing = False
+    # the DNN fits on the local phase's last worker (see _aggregate) unless the coarse level works during the phase
+    fit_on_worker = "dnn" in config.aggregation.methods and not (config.aggregation.streaming or config.aggregation.levels)
+    aggregator = None
 
     def on_event(event: dict) -> None:
         nonlocal preparing
         tracker.update(event)
         if not preparing and event.get("status") == "running":  # the workers train: see _prepare_aggregation
             preparing = True
-            threading.Thread(target=_prepare_aggregation, name="ddray-warm-up", daemon=True).start()
+            fit_here = not fit_on_worker or config.tune is not None
+            threading.Thread(target=_prepare_aggregation, args=(fit_here,), name="ddray-warm-up", daemon=True).start()
 
     worker_nodes: dict[str, int] = {}  # node id -> local-phase workers that came up there
 
@@ -345,7 +374,7 @@ def _run_on_ray(
             # data (plus overlap), not every page of the whole data set its slice runs through
             arrays = dataset.arrays()
             data_ref = None
-            run_local_phase(
+            aggregator = run_local_phase(
                 tasks,
                 {t.sub.index: ray.put(subdomain_arrays(arrays, t.sub)) for t in tasks},
                 cpus=res.cpus_per_subdomain,
@@ -356,12 +385,13 @@ def _run_on_ray(
                 on_result=keep,
                 pool=pool,
                 on_worker=count_worker,
-            )
+                keep_worker=fit_on_worker,
+            ).worker
         local_wall = record_local_wall()
     finally:
         if coarse_worker is not None:
             coarse_worker.close()  # the fit under way ends; what is left is fitted below
-    if release_ray is not None and not config.compare:
+    if release_ray is not None and not config.compare and aggregator is None:
         release_ray()
 
     tracker.phase("aggregation", methods=config.aggregation.methods)
@@ -369,7 +399,14 @@ def _run_on_ray(
     local_probs = {s.index: finished[s.index][0] for s in subdomains}
     probs = {split: stack_probabilities([local_probs[s.index][split] for s in subdomains]) for split in ("train", "val", "test")}
     coarse = dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes) if "dnn" in config.aggregation.methods else None
-    aggregation, dnn = aggregate(config.aggregation.methods, probs, labels, coarse)  # in this process: no task to start
+    (aggregation, dnn), parameters = _after_local_phase(
+        aggregator,
+        partial(aggregate, config.aggregation.methods, probs, labels, coarse),
+        partial(parameter_summary, config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                local_parameters=[int(finished[s.index][1].get("parameters") or 0) for s in subdomains]),
+    )
+    if release_ray is not None and not config.compare and aggregator is not None:
+        release_ray()
     if config.aggregation.streaming:  # its last entry is the DNN itself
         stream.append(stream_entry(list(local_probs), clock(), aggregation["dnn"]))
         write_json(run_dir.stream, stream)
@@ -411,10 +448,7 @@ def _run_on_ray(
         "config": config.model_dump(mode="json"),
         "versions": report.library_versions(),
     }
-    results["parameters"] = parameter_summary(
-        config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-        local_parameters=[int(e.get("parameters") or 0) for e in results["local"]],
-    )
+    results["parameters"] = parameters
     results["comparison"] = report.comparison_summary(results)
     write_json(run_dir.results, results)  # first: the tables and plots are drawn from what is safe
     return results

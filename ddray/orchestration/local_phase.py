@@ -102,6 +102,11 @@ class SubdomainWorker:
             result = train_subdomain(sub, arrays, spec, checkpoint_path=local_path, callbacks=[progress, sync])
         return result, self.where()
 
+    def run(self, calls: list[Callable[[], Any]]) -> list:
+        """Each call in turn, in this process: the driver's torch work after the local phase (the DNN
+        fit, the parameter counts), where torch and its lazy imports are loaded already."""
+        return [call() for call in calls]
+
 
 @dataclass
 class PoolStart:
@@ -177,7 +182,8 @@ def run_local_phase(
     poll_s: float = 0.25,
     pool: PoolStart | None = None,
     on_worker: Callable[[dict], None] | None = None,
-) -> list[LocalResult]:
+    keep_worker: bool = False,
+) -> LocalPhase:
     """Train every task on a pool of at most ``slots`` actors; results in task order.
 
     ``on_result`` gets each finished subdomain with its weights (``model_state``) and keeps it
@@ -187,6 +193,8 @@ def run_local_phase(
     maps only its own pixels). ``pool``: workers already started for this phase
     (:func:`start_pool`); they are used, and the pool is filled up or trimmed to the size this
     phase needs. ``on_worker`` gets each worker's :meth:`SubdomainWorker.where` once it is up.
+    ``keep_worker``: the last worker to finish is not stopped but handed to the caller (the driver
+    aggregates on it), who stops it.
     """
     if pool is not None and (pool.cpus, pool.gpus) != (cpus, gpus):
         raise ValueError(f"the pool was started for CPU {pool.cpus:g}, GPU {pool.gpus:g}, not CPU {cpus:g}, GPU {gpus:g}")
@@ -204,6 +212,8 @@ def run_local_phase(
     running: dict[ray.ObjectRef, tuple[Any, LocalTask]] = {}
     results: dict[int, LocalResult] = {}
     attempts: dict[int, int] = {}
+    kept: list = []  # with keep_worker: the last worker to finish
+    handed = None
     start_failures = 0
     began = time.monotonic()
     next_notice = began + WAIT_NOTICE_S
@@ -223,6 +233,14 @@ def run_local_phase(
             ray.kill(worker)  # give its CPU/GPU (or its pending request) back now
         except Exception:
             pass
+
+    def retire(worker) -> None:
+        """No subdomain left for ``worker``: it goes now, and its CPU/GPU with it; with
+        ``keep_worker`` the last one is kept for the caller."""
+        if keep_worker and not kept and not running and not pending_tasks:
+            kept.append(worker)
+        else:
+            release(worker)
 
     def drain() -> None:
         while True:
@@ -275,7 +293,7 @@ def run_local_phase(
                     if pending_tasks:
                         submit(worker)
                     else:
-                        release(worker)
+                        retire(worker)
                     continue
                 worker, task = running.pop(ref)
                 try:
@@ -305,10 +323,13 @@ def run_local_phase(
                 if pending_tasks:
                     submit(worker)
                 else:
-                    release(worker)
+                    retire(worker)
         drain()
+        handed = kept[0] if kept else None  # the phase ended well: the caller's now
     finally:
         for worker in workers:
+            if worker is handed:
+                continue
             try:
                 ray.kill(worker)
             except Exception:
@@ -317,7 +338,15 @@ def run_local_phase(
             ray.kill(queue.actor)
         except Exception:
             pass
-    return [results[t.sub.index] for t in tasks]
+    return LocalPhase([results[t.sub.index] for t in tasks], handed)
+
+
+@dataclass
+class LocalPhase:
+    """What :func:`run_local_phase` did: each task's result, and the worker it kept, if asked to."""
+
+    results: list[LocalResult]
+    worker: Any = None
 
 
 def discard_pool(pool: PoolStart | None) -> None:
