@@ -114,6 +114,46 @@ def test_rerun_into_finished_folder_is_refused_and_keeps_files(digits_run):
 
 
 @pytest.mark.ray
+def test_the_driver_leaves_its_torch_work_to_the_last_worker_and_gets_the_same_dnn(ray_cluster, tmp_path):
+    """The DNN fit and the parameter counts run on the local phase's last worker, where torch's lazy
+    imports are loaded: the driver (a new interpreter joining the test cluster, like a Ray job)
+    never imports what an optimizer's first step imports (torch._dynamo, sympy), a second or two
+    of CPU that competed with the local CNNs. The DNN is the one the driver would fit itself."""
+    import torch
+
+    from ddray.aggregation import aggregate, stack_probabilities
+    from ddray.data import load_dataset
+    from ddray.run_dir import RunDir
+    from ddray.training.baselines import parameter_summary
+
+    config = count_config(training={"epochs": 2})
+    out = tmp_path / "run"
+    code = (
+        "import json, sys, ddray\n"
+        f"results = ddray.run(json.loads({json.dumps(json.dumps(config.model_dump(mode='json')))}), {str(out)!r}, "
+        f"address={ray_cluster.get_runtime_context().gcs_address!r})\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'torch._dynamo', 'sympy') if m in sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["torch"]
+
+    saved = json.loads((out / "results.json").read_text())
+    run_dir = RunDir.existing(out)
+    dataset = load_dataset(config.dataset, seed=config.seed, grid=config.decomposition.grid, overlap=config.decomposition.overlap)
+    local = [run_dir.load_local_result(i)[0] for i in range(4)]
+    probs = {split: stack_probabilities([p[split] for p in local]) for split in ("train", "val", "test")}
+    labels = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
+    state, spec = run_dir.load_dnn()
+    aggregation, here = aggregate(["dnn", "average", "vote"], probs, labels, spec)
+    assert here.test_accuracy == saved["aggregation"]["dnn"]["test_accuracy"]
+    assert all(torch.equal(here.model.state_dict()[k], state[k]) for k in state)
+    assert aggregation["vote"] == saved["aggregation"]["vote"]
+    assert saved["parameters"] == parameter_summary(config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                                                    local_parameters=[e["parameters"] for e in saved["local"]])
+
+
+@pytest.mark.ray
 def test_dnn_beats_average_and_vote_when_label_needs_all_subdomains(ray_cluster, tmp_path):
     """Label = number of marked cells: each subdomain only knows its own cell.
 
