@@ -39,6 +39,15 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def processes_left(marker: str, wait_s: float = 20.0) -> list[str]:
+    """Command lines of the live processes naming ``marker`` (e.g. an embedded Ray's RAY_TMPDIR), once
+    they are gone or ``wait_s`` has passed: a worker may take a moment to notice its raylet is gone."""
+    deadline = time.monotonic() + wait_s
+    while (left := [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if marker in process_cmdline(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [process_cmdline(pid) for pid in left]
+
+
 class LocalRayCluster:
     """Head (no GPU by default) plus worker nodes with logical GPUs; ``address`` is the GCS address."""
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from api.cluster import process_cmdline
 from ddray import storage
 from ddray.config import parse_config
 from ddray.data import generate_count
 from ddray.run_dir import RunDir, RunDirError, check_run_id, new_run_id
+from raycluster import processes_left
 
 BUCKET = "ddray-run-tests"
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,11 +153,7 @@ def first_run(bucket, tmp_path_factory):
     proc = cli("run", "cfg.yaml", "--output", "job1/run", "--num-cpus", "2", cwd=work, env=child_env(bucket, RAY_TMPDIR=ray_tmp))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the embedded Ray ended with the run: none of its processes (GCS, raylet, monitors, agents, workers) is left
-    # (a worker may take a moment to notice its raylet is gone)
-    deadline = time.monotonic() + 20
-    while (left := [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if ray_tmp in process_cmdline(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert left == [], [process_cmdline(pid) for pid in left]
+    assert processes_left(ray_tmp) == []
     shutil.rmtree(ray_tmp, ignore_errors=True)
     out = work / "job1" / "run"
     return {"work": work, "out": out, "info": run_info(out), "keys": bucket.keys(BUCKET, "runs/"), "stderr": proc.stderr}

@@ -1,0 +1,45 @@
+"""The embedded Ray a run starts for itself: what it runs, and that nothing of it is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from raycluster import processes_left
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, os, sys
+from api.cluster import process_cmdline
+from ddray.orchestration.session import ray_session
+
+with ray_session(num_cpus=1) as up:
+    up()
+    import ray
+    ours = [process_cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    ours = [c for c in ours if os.environ["RAY_TMPDIR"] in c]
+    print(json.dumps({"cpus": ray.cluster_resources().get("CPU"), "processes": ours}))
+"""
+
+
+@pytest.mark.ray
+def test_embedded_ray_runs_without_its_api_server_and_leaves_nothing():
+    """ddray's embedded Ray (include_dashboard=False) uses no dashboard, state or jobs API, so its API
+    server is not started (ray.init waited about a second for it); the GCS and raylet are, and the
+    session's end stops every process it started."""
+    ray_tmp = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")  # short: socket paths are limited
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["cpus"] == 1.0
+    commands = " | ".join(seen["processes"])
+    assert "gcs_server" in commands and "raylet" in commands, commands
+    assert "dashboard/dashboard.py" not in commands, commands
+    assert processes_left(ray_tmp) == []
