@@ -1,4 +1,4 @@
-"""The embedded Ray a run starts for itself: what it runs, and that nothing of it is left."""
+"""The embedded Ray a run starts for itself (ddray.orchestration.embedded_ray): what it runs, and that nothing of it is left."""
 
 from __future__ import annotations
 
@@ -43,3 +43,18 @@ def test_embedded_ray_runs_without_its_api_server_and_leaves_nothing():
     assert "gcs_server" in commands and "raylet" in commands, commands
     assert "dashboard/dashboard.py" not in commands, commands
     assert processes_left(ray_tmp) == []
+
+
+def test_the_start_shortcuts_still_find_what_they_replace_in_ray():
+    """Each shortcut of ddray's embedded Ray falls back to Ray's own behaviour when Ray's private API
+    changes (a Ray upgrade): this notices it, where a run would only get slower."""
+    from ray._private import services
+    from ray._private.node import Node
+
+    from ddray.orchestration import embedded_ray
+
+    before = (Node.start_api_server, services.get_node)
+    with embedded_ray._without_api_server(), embedded_ray._prompt_node_wait():
+        assert Node.start_api_server is not before[0]
+        assert services.get_node is not before[1]
+    assert (Node.start_api_server, services.get_node) == before

@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator
 
 import ray
 
+from ddray.orchestration import embedded_ray
+
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +49,9 @@ class _Start:
             try:
                 if self.owned and ray.is_initialized():
                     if self.key[0] is None:  # the embedded Ray this process started
-                        _stop_autoscaler_monitor()
-                    ray.shutdown()
+                        embedded_ray.stop()
+                    else:
+                        ray.shutdown()
             finally:
                 self._done.set()
                 self._thread.join()
@@ -136,26 +139,6 @@ def ray_session(
         start.close()
 
 
-def _stop_autoscaler_monitor() -> None:
-    """Kill an embedded Ray's autoscaler monitor before ``ray.shutdown``, which saves a second per run.
-
-    ``ray.shutdown`` stops the GCS before the monitor; the monitor's SIGTERM handler then reports
-    to the gone GCS and hangs until Ray kills it one second later (measured on Ray 2.60: 1.01 of
-    the shutdown's 1.1 s). A local Ray has nothing to autoscale, so the monitor goes first, at
-    once. Ray's process table is private API (ray is pinned in pyproject.toml): if it changes,
-    this does nothing and the shutdown is as slow as before.
-    """
-    try:
-        from ray._private import ray_constants
-        from ray._private.worker import _global_node
-
-        for info in _global_node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
-            info.process.kill()
-            info.process.wait(timeout=5)
-    except Exception as err:  # noqa: BLE001 - an optimisation only
-        log.debug("could not stop the autoscaler monitor before the shutdown: %s", err)
-
-
 def _restore_sigterm(handler: Any) -> None:
     """Put the caller's SIGTERM handler back (main thread only): after ``ray.init`` the core worker's
     C-level failure handler owns SIGTERM; it logs and then aborts the process at exit instead of
@@ -170,36 +153,4 @@ def _init(address: str | None, num_cpus: int | None, num_gpus: int | None) -> No
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # address="local": always a new embedded Ray, never a stray cluster left on this machine
-        with _without_api_server():
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
-
-
-@contextmanager
-def _without_api_server() -> Iterator[None]:
-    """An embedded Ray without its API server, which saves about a second of ``ray.init``.
-
-    With ``include_dashboard=False`` Ray 2.60 still starts its API server process (only the
-    usage-stats module loaded: no dashboard, no state or jobs API) and waits, polling, until it
-    has published its address, before it even starts the raylet. ddray's embedded Ray uses none
-    of it. Ray's node class is private API (ray is pinned in pyproject.toml): if it changes, the
-    API server starts as before.
-    """
-    try:
-        from ray._private.node import Node
-
-        original = Node.start_api_server
-    except Exception as err:  # noqa: BLE001 - an optimisation only
-        log.debug("cannot skip Ray's API server: %s", err)
-        yield
-        return
-
-    def start_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
-        if include_dashboard:
-            original(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
-
-    Node.start_api_server = start_api_server
-    try:
-        yield
-    finally:
-        Node.start_api_server = original
+        embedded_ray.start(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
