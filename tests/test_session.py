@@ -29,10 +29,10 @@ with ray_session(num_cpus=1) as up:
 
 
 @pytest.mark.ray
-def test_embedded_ray_runs_without_its_api_server_and_leaves_nothing():
-    """ddray's embedded Ray (include_dashboard=False) uses no dashboard, state or jobs API, so its API
-    server is not started (ray.init waited about a second for it); the GCS and raylet are, and the
-    session's end stops every process it started."""
+def test_embedded_ray_runs_without_api_server_and_monitor_and_leaves_nothing():
+    """ddray's embedded Ray (include_dashboard=False) uses no dashboard, state or jobs API and has
+    nothing to autoscale, so neither its API server (ray.init waited about a second for it) nor its
+    autoscaler monitor runs; the GCS and raylet do, and the session's end stops every process."""
     ray_tmp = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")  # short: socket paths are limited
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
@@ -41,7 +41,8 @@ def test_embedded_ray_runs_without_its_api_server_and_leaves_nothing():
     assert seen["cpus"] == 1.0
     commands = " | ".join(seen["processes"])
     assert "gcs_server" in commands and "raylet" in commands, commands
-    assert "dashboard/dashboard.py" not in commands, commands
+    assert "dashboard/dashboard.py" not in commands and "autoscaler" not in commands, commands
+    assert "log_monitor.py" in commands, commands  # worker output still reaches the driver
     assert processes_left(ray_tmp) == []
 
 
@@ -53,8 +54,9 @@ def test_the_start_shortcuts_still_find_what_they_replace_in_ray():
 
     from ddray.orchestration import embedded_ray
 
-    before = (Node.start_api_server, services.get_node)
-    with embedded_ray._without_api_server(), embedded_ray._prompt_node_wait():
+    before = (Node.start_api_server, Node.start_monitor, services.get_node)
+    with embedded_ray._without_processes("start_api_server", "start_monitor"), embedded_ray._prompt_node_wait():
         assert Node.start_api_server is not before[0]
-        assert services.get_node is not before[1]
-    assert (Node.start_api_server, services.get_node) == before
+        assert Node.start_monitor is not before[1]
+        assert services.get_node is not before[2]
+    assert (Node.start_api_server, Node.start_monitor, services.get_node) == before

@@ -1,7 +1,7 @@
-"""The local Ray a run starts for itself (no ``--address``): started and stopped faster than Ray's defaults.
+"""The local Ray a run starts for itself (no ``--address``): up and down faster than with Ray's defaults.
 
-Ray 2.60's ``ray.init`` spends seconds of a short run waiting on things an embedded, dashboard-less
-Ray does not use, and ``ray.shutdown`` a second on a process that hangs. Each shortcut below goes
+Ray 2.60's ``ray.init`` spends seconds of a short run starting and waiting on processes an embedded,
+dashboard-less Ray does not use, one of which also hangs ``ray.shutdown`` for a second. Each shortcut goes
 through Ray's private API (ray is pinned in pyproject.toml) and falls back to Ray's own behaviour
 if that API changes; tests/test_session.py notices when one stops applying.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import ray
@@ -22,44 +22,41 @@ NODE_POLL_S = 0.05  # how often the start asks the GCS whether the raylet has re
 
 def start(*, num_cpus: int | None, num_gpus: int | None, **kwargs: Any) -> None:
     """``ray.init`` of a new local Ray (``address="local"``: never a stray cluster left on this machine)."""
-    with ExitStack() as stack:
-        for shortcut in (_without_api_server, _prompt_node_wait):
-            stack.enter_context(shortcut())
+    with _without_processes("start_api_server", "start_monitor"), _prompt_node_wait():
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
 
 
-def stop() -> None:
-    """``ray.shutdown`` of the Ray :func:`start` began, its autoscaler monitor first."""
-    _stop_autoscaler_monitor()
-    ray.shutdown()
-
-
 @contextmanager
-def _without_api_server() -> Iterator[None]:
-    """No API server: about a second less of ``ray.init``.
+def _without_processes(*starts: str) -> Iterator[None]:
+    """The head starts without the processes these methods of Ray's ``Node`` would start.
 
-    With ``include_dashboard=False`` Ray still starts its API server process (only the usage-stats
-    module loaded: no dashboard, no state or jobs API) and waits, polling, until it has published
-    its address, before it even starts the raylet. The embedded Ray uses none of it.
+    - ``start_api_server``: with ``include_dashboard=False`` Ray still starts its API server (only
+      the usage-stats module loaded: no dashboard, no state or jobs API) and waits, polling, until it
+      has published its address, before it even starts the raylet: about a second.
+    - ``start_monitor``: the autoscaler monitor, with nothing to autoscale on one machine. It costs
+      half a second of CPU while the workers start, and at ``ray.shutdown``, which stops the GCS
+      first, its SIGTERM handler reports to the gone GCS and hangs until Ray kills it a second later
+      (measured: 1.01 of the shutdown's 1.1 s).
     """
     try:
         from ray._private.node import Node
 
-        original = Node.start_api_server
+        originals = {name: getattr(Node, name) for name in starts}
     except Exception as err:  # noqa: BLE001 - an optimisation only
-        log.debug("cannot skip Ray's API server: %s", err)
+        log.debug("cannot start Ray without %s: %s", ", ".join(starts), err)
         yield
         return
-
-    def start_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
-        if include_dashboard:
-            original(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
-
-    Node.start_api_server = start_api_server
+    for name in starts:
+        setattr(Node, name, _skip)
     try:
         yield
     finally:
-        Node.start_api_server = original
+        for name, original in originals.items():
+            setattr(Node, name, original)
+
+
+def _skip(self: Any, **_: Any) -> None:
+    """A process the embedded Ray does without."""
 
 
 @contextmanager
@@ -98,21 +95,3 @@ def _prompt_node_wait() -> Iterator[None]:
         yield
     finally:
         services.get_node = original
-
-
-def _stop_autoscaler_monitor() -> None:
-    """Kill the autoscaler monitor before ``ray.shutdown``, which saves a second per run.
-
-    ``ray.shutdown`` stops the GCS before the monitor; the monitor's SIGTERM handler then reports
-    to the gone GCS and hangs until Ray kills it one second later (measured on Ray 2.60: 1.01 of
-    the shutdown's 1.1 s). A local Ray has nothing to autoscale, so the monitor goes first, at once.
-    """
-    try:
-        from ray._private import ray_constants
-        from ray._private.worker import _global_node
-
-        for info in _global_node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
-            info.process.kill()
-            info.process.wait(timeout=5)
-    except Exception as err:  # noqa: BLE001 - an optimisation only
-        log.debug("could not stop the autoscaler monitor before the shutdown: %s", err)

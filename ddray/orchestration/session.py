@@ -48,10 +48,7 @@ class _Start:
         with self._closing:
             try:
                 if self.owned and ray.is_initialized():
-                    if self.key[0] is None:  # the embedded Ray this process started
-                        embedded_ray.stop()
-                    else:
-                        ray.shutdown()
+                    ray.shutdown()
             finally:
                 self._done.set()
                 self._thread.join()
