@@ -145,7 +145,7 @@ def aggregate(
     """Every aggregation method of a run on its stacked local probabilities: (results['aggregation'], the
     trained DNN's outcome: model, per-epoch history in ``fit.history``, test probabilities).
 
-    In the calling process, which the driver picks (``driver._after_local_phase``): the local
+    In the calling process, which the driver picks (``coarse_phase.after_local_phase``): the local
     phase's last worker, or the driver itself. The DNN is small (subdomains x classes inputs), so
     fitting it there costs its fit and nothing else, where a new process would first import torch.
     """

@@ -8,7 +8,6 @@ fails in seconds and never half-way through a training.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import threading
 import time
@@ -21,10 +20,9 @@ import numpy as np
 import ray
 from rich.console import Console
 
-from ddray import plots, report
+from ddray import report
 from ddray.aggregation import aggregate, stack_probabilities
-from ddray.coarse.multilevel import Multilevel
-from ddray.coarse.streaming import CoarseWorker, class_prior, stream_entry
+from ddray.coarse.streaming import stream_entry
 from ddray.config import RunConfig
 from ddray.data import DataError, Dataset, load_dataset
 from ddray.data.size import check_dataset_size
@@ -33,18 +31,17 @@ from ddray.decomposition import Subdomain, decompose
 from ddray.errors import JobFailed
 from ddray.limits import Limits
 from ddray.orchestration.cluster import check_feasible
+from ddray.orchestration.coarse_phase import after_local_phase, prepare_aggregation, start_coarse
 from ddray.orchestration.session import ray_session
-from ddray.orchestration.local_phase import WORKER_LOST, LocalTask, PoolStart, discard_pool, run_local_phase, start_pool
+from ddray.orchestration.local_phase import LocalTask, PoolStart, discard_pool, run_local_phase, start_pool
 from ddray.orchestration.warm_pool import take_workers
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
 from ddray.storage import is_uri, local_copy, storage_base, write_json
 from ddray.tracking import Tracking
 from ddray.training.baselines import parameter_summary
-from ddray.training.local import LocalResult, subdomain_arrays, warm_up
+from ddray.training.local import LocalResult, subdomain_arrays
 from ddray.training.spec import dnn_spec, training_spec
-
-log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(config: RunConfig, output_dir: str | Path, resume: bool, run_id: str | None = None) -> RunDir:
@@ -219,61 +216,6 @@ def _start_workers(config: RunConfig, run_dir: RunDir) -> PoolStart | None:
     return pool
 
 
-def _prepare_aggregation(fit_here: bool) -> None:
-    """The imports the end of a run needs, made while the workers train (in a thread of the driver):
-    the pictures need matplotlib; a DNN fitted in this process (``fit_here``) needs what its first
-    optimizer step imports, torch._dynamo (a second of CPU). Not earlier: Ray and the workers start
-    on the same cores; not later: the run's end would wait for them, on one core."""
-    if fit_here:
-        warm_up()
-    plots.warm_up()
-
-
-def _after_local_phase(worker: Any, *calls: Callable[[], Any]) -> list:
-    """The driver's torch work after the local phase (average, vote and the DNN fit; the parameter
-    counts): on the local phase's last worker when there is one, else in this process; no new
-    process either way.
-
-    The worker has torch's lazy imports loaded, which the driver would import first: torch._dynamo
-    (an optimizer's first step) and the meta device's decompositions (the parameter counts) took
-    1-2 s of CPU, competing with the local CNNs' training. The DNN fits on one torch thread in
-    both places, so its result is the same.
-    """
-    if worker is not None:
-        try:
-            return ray.get(worker.run.remote(list(calls)))
-        except WORKER_LOST as err:  # e.g. its node went away: here instead
-            log.warning("the worker kept for the aggregation was lost (%s); aggregating in the driver", err)
-        finally:
-            ray.kill(worker)
-    return [call() for call in calls]
-
-
-def _start_coarse(
-    config: RunConfig, run_dir: RunDir, dataset: Dataset, labels: dict, tracker: ProgressTracker, clock, restored
-) -> tuple[CoarseWorker | None, Multilevel | None, list[dict]]:
-    """The coarse level's background thread for ``aggregation.streaming`` / ``levels`` (docs/coarse.md): (worker,
-    the multilevel net, the stream's entries so far: those of earlier sessions of a resumed run)."""
-    agg = config.aggregation
-    if not (agg.streaming or agg.levels):
-        return None, None, []
-    flat = dnn_spec(config, num_subdomains=config.decomposition.num_subdomains, num_classes=dataset.num_classes)
-    multilevel = Multilevel(config.decomposition.grid, agg.levels, flat, labels) if agg.levels else None
-    earlier = json.loads(run_dir.stream.read_text()) if agg.streaming and run_dir.stream.exists() else []
-    stream = [e for e in earlier if set(e.get("subdomains") or ()) <= set(restored)]  # a resumed run's refits that still hold
-
-    def on_entry(entry: dict) -> None:  # in the worker's thread
-        stream.append(entry)
-        write_json(run_dir.stream, stream)
-        tracker.global_accuracy(entry)
-
-    worker = CoarseWorker(
-        labels=labels, num_subdomains=flat.num_subdomains, spec=flat if agg.streaming else None,
-        prior=class_prior(dataset.y_train, dataset.num_classes), multilevel=multilevel, clock=clock, on_entry=on_entry,
-    )
-    return worker, multilevel, stream
-
-
 def _run_on_ray(
     config: RunConfig,
     run_dir: RunDir,
@@ -286,7 +228,7 @@ def _run_on_ray(
     release_ray: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The local phase, the coarse level and the baselines. ``release_ray``: called once nothing after the
-    local phase needs Ray (no ``compare``), so an embedded Ray shuts down while the DNN fits."""
+    aggregation needs Ray (no ``compare``), so an embedded Ray shuts down while the reports are written."""
     res = config.resources
     slots = check_feasible(res.cpus_per_subdomain, res.gpus_per_subdomain)
     if config.compare:
@@ -319,7 +261,7 @@ def _run_on_ray(
         return earlier + time.perf_counter() - local_started
 
     labels = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
-    coarse_worker, multilevel, stream = _start_coarse(config, run_dir, dataset, labels, tracker, clock, set(finished))
+    coarse_worker, multilevel, stream = start_coarse(config, run_dir, dataset, labels, tracker, clock, set(finished))
 
     def offer_finished() -> None:
         if coarse_worker is not None:
@@ -352,10 +294,10 @@ def _run_on_ray(
     def on_event(event: dict) -> None:
         nonlocal preparing
         tracker.update(event)
-        if not preparing and event.get("status") == "running":  # the workers train: see _prepare_aggregation
+        if not preparing and event.get("status") == "running":  # the workers train: see prepare_aggregation
             preparing = True
             fit_here = not fit_on_worker or config.tune is not None
-            threading.Thread(target=_prepare_aggregation, args=(fit_here,), name="ddray-warm-up", daemon=True).start()
+            threading.Thread(target=prepare_aggregation, args=(fit_here,), name="ddray-warm-up", daemon=True).start()
 
     worker_nodes: dict[str, int] = {}  # node id -> local-phase workers that came up there
 
@@ -391,21 +333,19 @@ def _run_on_ray(
     finally:
         if coarse_worker is not None:
             coarse_worker.close()  # the fit under way ends; what is left is fitted below
-    if release_ray is not None and not config.compare and aggregator is None:
-        release_ray()
 
     tracker.phase("aggregation", methods=config.aggregation.methods)
     agg_started = time.perf_counter()
     local_probs = {s.index: finished[s.index][0] for s in subdomains}
     probs = {split: stack_probabilities([local_probs[s.index][split] for s in subdomains]) for split in ("train", "val", "test")}
     coarse = dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes) if "dnn" in config.aggregation.methods else None
-    (aggregation, dnn), parameters = _after_local_phase(
+    (aggregation, dnn), parameters = after_local_phase(
         aggregator,
         partial(aggregate, config.aggregation.methods, probs, labels, coarse),
         partial(parameter_summary, config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                 local_parameters=[int(finished[s.index][1].get("parameters") or 0) for s in subdomains]),
     )
-    if release_ray is not None and not config.compare and aggregator is not None:
+    if release_ray is not None and not config.compare:  # nothing below needs Ray
         release_ray()
     if config.aggregation.streaming:  # its last entry is the DNN itself
         stream.append(stream_entry(list(local_probs), clock(), aggregation["dnn"]))
