@@ -200,7 +200,7 @@ def run_local_phase(
         raise ValueError(f"the pool was started for CPU {pool.cpus:g}, GPU {pool.gpus:g}, not CPU {cpus:g}, GPU {gpus:g}")
     if not tasks:
         discard_pool(pool)
-        return []
+        return LocalPhase([])
     size = pool_size(len(tasks), slots, cpus, gpus)
     queue = pool.queue if pool is not None else progress_queue()
     starting: dict[ray.ObjectRef, Any] = dict(pool.starting) if pool is not None else {}  # actors not up yet (a pending one may wait for the autoscaler)
