@@ -154,6 +154,28 @@ def test_the_driver_leaves_its_torch_work_to_the_last_worker_and_gets_the_same_d
 
 
 @pytest.mark.ray
+def test_a_family_registered_in_the_driver_trains_on_the_ray_workers(ray_cluster, tmp_path):
+    """``register_model`` registers in the calling process only; the spec carries the family to the
+    workers that build the local CNNs (here a function defined in this test: pickled by value)."""
+    import torch
+
+    from ddray.models import register_model
+
+    @register_model("pipeline_test_tiny", spatial_dims=(2,))
+    def tiny(*, in_channels, num_classes, spatial_dims, width=1.0):
+        hidden = max(2, int(8 * width))
+        return torch.nn.Sequential(torch.nn.Conv2d(in_channels, hidden, 3, padding=1), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(hidden, num_classes))
+
+    config = count_config(local_model={"name": "pipeline_test_tiny", "width": 0.5}, training={"epochs": 2})
+    results = run(config, tmp_path / "run")
+    assert [e["subdomain"] for e in results["local"]] == [0, 1, 2, 3]
+    assert all(e["parameters"] == sum(p.numel() for p in tiny(in_channels=1, num_classes=5, spatial_dims=2, width=0.5).parameters())
+               for e in results["local"])
+    assert results["parameters"]["local_width"] == 0.5
+
+
+@pytest.mark.ray
 def test_dnn_beats_average_and_vote_when_label_needs_all_subdomains(ray_cluster, tmp_path):
     """Label = number of marked cells: each subdomain only knows its own cell.
 

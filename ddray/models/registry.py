@@ -82,6 +82,18 @@ def register_model(
     return decorator
 
 
+def user_family(name: str) -> ModelFamily | None:
+    """The family registered under ``name`` with :func:`register_model`; None for a built-in or unknown name."""
+    family = _FAMILIES.get(name)
+    return None if family is None or isinstance(family.builder, str) else family
+
+
+def adopt_family(name: str, family: ModelFamily) -> None:
+    """Register ``family`` under ``name`` in this process unless the name is taken: how a user's family
+    reaches the Ray workers that build it (it travels inside the spec, :class:`~ddray.training.spec.ModelSpec`)."""
+    _FAMILIES.setdefault(name, family)
+
+
 def list_models() -> list[str]:
     """Sorted names of all registered models, built-ins included."""
     return sorted(_FAMILIES)

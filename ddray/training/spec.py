@@ -67,6 +67,18 @@ class ModelSpec:
             check_model(self.name, spatial_dims=self.spatial_dims, **self.options)
         except ValueError as err:
             raise SpecError(str(err)) from None
+        from ddray.models.registry import user_family
+
+        # a family registered with register_model exists in this process only: the spec carries it
+        # (outside its fields: not compared, not in to_dict) to every process that unpickles it
+        object.__setattr__(self, "_family", user_family(self.name))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if state.get("_family") is not None:
+            from ddray.models.registry import adopt_family
+
+            adopt_family(self.name, state["_family"])
 
     @property
     def options(self) -> dict[str, str | None]:
