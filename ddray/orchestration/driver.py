@@ -287,7 +287,7 @@ def _run_on_ray(
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
     preparing = False
-    # the DNN fits on the local phase's last worker (see _aggregate) unless the coarse level works during the phase
+    # the DNN fits on the local phase's last worker (coarse_phase.after_local_phase) unless the coarse level works during the phase
     fit_on_worker = "dnn" in config.aggregation.methods and not (config.aggregation.streaming or config.aggregation.levels)
     aggregator = None
 
