@@ -32,7 +32,8 @@ def _without_processes(*starts: str) -> Iterator[None]:
 
     - ``start_api_server``: with ``include_dashboard=False`` Ray still starts its API server (only
       the usage-stats module loaded: no dashboard, no state or jobs API) and waits, polling, until it
-      has published its address, before it even starts the raylet: about a second.
+      has published its address, before it even starts the raylet: about a second. (So an embedded
+      Ray sends no usage statistics: that module is what reports them.)
     - ``start_monitor``: the autoscaler monitor, with nothing to autoscale on one machine. It costs
       half a second of CPU while the workers start, and at ``ray.shutdown``, which stops the GCS
       first, its SIGTERM handler reports to the gone GCS and hangs until Ray kills it a second later
