@@ -287,17 +287,15 @@ def _run_on_ray(
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
     preparing = False
-    # the DNN fits on the local phase's last worker (coarse_phase.after_local_phase) unless the coarse level works during the phase
-    fit_on_worker = "dnn" in config.aggregation.methods and not (config.aggregation.streaming or config.aggregation.levels)
-    aggregator = None
+    aggregator = None  # the local phase's last worker: the driver's torch work after it runs there (coarse_phase.after_local_phase)
 
     def on_event(event: dict) -> None:
         nonlocal preparing
         tracker.update(event)
         if not preparing and event.get("status") == "running":  # the workers train: see prepare_aggregation
             preparing = True
-            fit_here = not fit_on_worker or config.tune is not None
-            threading.Thread(target=prepare_aggregation, args=(fit_here,), name="ddray-warm-up", daemon=True).start()
+            # a Tune search keeps no worker: the DNN then fits in this process
+            threading.Thread(target=prepare_aggregation, args=(config.tune is not None,), name="ddray-warm-up", daemon=True).start()
 
     worker_nodes: dict[str, int] = {}  # node id -> local-phase workers that came up there
 
@@ -327,7 +325,7 @@ def _run_on_ray(
                 on_result=keep,
                 pool=pool,
                 on_worker=count_worker,
-                keep_worker=fit_on_worker,
+                keep_worker=True,
             ).worker
         local_wall = record_local_wall()
     finally:
