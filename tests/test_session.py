@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,15 +16,14 @@ from raycluster import processes_left
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
-import json, os, sys
-from api.cluster import process_cmdline
+import json, os
 from ddray.orchestration.session import ray_session
+from raycluster import processes_left
 
 with ray_session(num_cpus=1) as up:
     up()
     import ray
-    ours = [process_cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
-    ours = [c for c in ours if os.environ["RAY_TMPDIR"] in c]
+    ours = processes_left(os.environ["RAY_TMPDIR"], wait_s=0)  # those running now
     print(json.dumps({"cpus": ray.cluster_resources().get("CPU"), "processes": ours}))
 """
 
@@ -34,7 +34,7 @@ def test_embedded_ray_runs_without_api_server_and_monitor_and_leaves_nothing():
     nothing to autoscale, so neither its API server (ray.init waited about a second for it) nor its
     autoscaler monitor runs; the GCS and raylet do, and the session's end stops every process."""
     ray_tmp = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")  # short: socket paths are limited
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -44,6 +44,7 @@ def test_embedded_ray_runs_without_api_server_and_monitor_and_leaves_nothing():
     assert "dashboard/dashboard.py" not in commands and "autoscaler" not in commands, commands
     assert "log_monitor.py" in commands, commands  # worker output still reaches the driver
     assert processes_left(ray_tmp) == []
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_the_start_shortcuts_still_find_what_they_replace_in_ray():
