@@ -28,6 +28,20 @@ def free_cpus(ray, expected: float, timeout: float = 60.0) -> float:
         time.sleep(0.2)
 
 
+def wait_dead(ray, actor, timeout: float = 60.0) -> bool:
+    """True once calls to ``actor`` fail because it died (False if it still answers at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return True
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def tiny_config(grid: list[int], method: str):
     return parse_config({
         "dataset": {"source": "synthetic", "kind": "count", "samples": 160, "size": [8, 8]},
@@ -59,6 +73,7 @@ def test_taken_workers_are_started_and_the_rest_freed(ray_cluster, pool):
     assert free_cpus(ray, 1.0) == 1.0  # the worker not taken was killed: its CPU is free for the job
     assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 1}
     ray.kill(taken[0])
+    assert wait_dead(ray, taken[0])  # ray.kill is asynchronous: ask the pool once Ray reports the worker dead
     assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}  # dead workers are forgotten
 
 
