@@ -73,9 +73,9 @@ def train_global(config_path: str, out_path: str, threads: int) -> None:
     Path(out_path).write_text(json.dumps({"test_accuracy": test_accuracy, "train_s": train_s}))
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path, pythonpath: Path = ROOT) -> float:
     started = time.perf_counter()
-    env = {**os.environ, "DDRAY_PLAIN_PROGRESS": "1", "PYTHONPATH": str(ROOT)}  # this checkout's ddray on both sides
+    env = {**os.environ, "DDRAY_PLAIN_PROGRESS": "1", "PYTHONPATH": str(pythonpath)}  # this checkout's ddray on both sides
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if proc.returncode != 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -236,8 +237,8 @@ def test_a_failed_run_stops_the_sweep_keeps_what_finished_and_a_restart_continue
         calls.append("ray")
         yield lambda: None
 
-    def fake_run(config, folder, run_id=None, *, resume=False, console=None):
-        calls.append((folder.name, resume))
+    def fake_run(config, folder, run_id=None, *, resume=False, console=None, keep_warm=False):
+        calls.append((folder.name, resume, keep_warm))
         if config.seed == 1 and len(calls) < 4:
             (folder / "config.yaml").parent.mkdir(parents=True)
             (folder / "config.yaml").write_text("{}")
@@ -256,7 +257,8 @@ def test_a_failed_run_stops_the_sweep_keeps_what_finished_and_a_restart_continue
     assert [r["status"] for r in state["runs"]] == ["done", "failed", "pending"] and state["phase"] == "stopped"
     assert state["table"][0]["n_seeds"] == 1 and "run seed-1 ended by JobFailed: subdomain 2 failed" in capsys.readouterr().err
     rows = orchestration.run_sweep(config, out)  # the restart: seed 0 skipped, seed 1 resumed, seed 2 new
-    assert calls == ["ray", ("seed-0", False), ("seed-1", False), "ray", ("seed-1", True), ("seed-2", False)]
+    # each run but the last one to run leaves its workers started for the next (keep_warm)
+    assert calls == ["ray", ("seed-0", False, True), ("seed-1", False, True), "ray", ("seed-1", True, True), ("seed-2", False, False)]
     assert rows == json.loads((out / "sweep.json").read_text())["table"] and rows[0]["n_seeds"] == 3
     assert rows[0]["dnn_mean"] == pytest.approx(0.6) and rows[0]["dnn_std"] == pytest.approx(0.1)
     orchestration.run_sweep(config, out)  # nothing left to run: no Ray at all
@@ -293,6 +295,40 @@ def test_a_small_sweep_on_ray_and_its_restart(ray_cluster, tmp_path):
     assert (out / "runs" / "grid-2x2_seed-0" / "results.json").is_file()
     assert [r["n_seeds"] for r in again] == [2, 2]
     assert math.isclose(again[0]["dnn_mean"], rows[0]["dnn_mean"])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_a_sweeps_next_run_trains_on_the_workers_of_the_one_before(ray_cluster, tmp_path):
+    """No process start and import of torch per run: the workers stay up between a sweep's runs,
+    give the very weights a fresh worker gives, and hold no CPU once the sweep is done."""
+    import torch
+
+    from ddray.orchestration import warm_pool
+    from ddray.orchestration.sweep import run_sweep
+
+    config = parse_config(with_sweep({"aggregation.dnn.epochs": [5, 6]}))  # the local phase is the same in both runs
+    out = tmp_path / "sweep"
+    run_sweep(config, out)
+    first, second = (out / "runs" / n for n in ("epochs-5", "epochs-6"))
+
+    def local_phase(run):
+        progress = json.loads((run / "progress.json").read_text())
+        return progress["phases"]["local_training"]["warm_workers"], {s["pid"] for s in progress["subdomains"].values()}
+
+    (warm1, pids1), (warm2, pids2) = local_phase(first), local_phase(second)
+    assert warm1 == 0 and warm2 == 2  # 4 subdomains on 2 CPUs: the second run took the first run's two workers ...
+    assert len(pids1 | pids2) <= 2  # ... and started none: no third process ever trained
+    for i in range(4):
+        a, b = (torch.load(run / "checkpoints" / "local" / f"sub{i:03d}.pt", weights_only=True) for run in (first, second))
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), f"subdomain {i} differs on a reused worker"
+    deadline = time.monotonic() + 60  # the last run kept no worker: every CPU is free again
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_cluster.available_resources().get("CPU", 0) == 2
+    handle = warm_pool.pool()
+    assert handle is not None and ray_cluster.get(handle.status.remote())["idle"] == 0
+    ray_cluster.kill(handle)
 
 
 # -- the REST service: a sweep is a job whose results are the table ------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -114,10 +115,17 @@ def test_workers_of_a_driver_that_died_are_killed(ray_cluster, pool):
 
 def test_a_run_trains_on_the_warm_workers(ray_cluster, pool, tmp_path):
     ray = ray_cluster
-    ray.get(pool.fill.remote(2, 1.0, 0.0))
+    ray.get(pool.fill.remote(2, 1.0, 0.0))  # returns while they start: wait until they are up, as a sweep's run leaves them
+    started = warm_pool.take_workers(1.0, 0.0, 2)
+    pids = {ray.get(w.where.remote(), timeout=120)["pid"] for w in started}
+    assert len(pids) == 2 and warm_pool.hand_back(started, 1.0, 0.0)
+    assert ray.get(pool.status.remote()) == {"idle": 2, "taken": 0}
+
     results = run(tiny_config([2, 2], "average"), tmp_path / "run")
     assert results["workers"]["warm"] == 2
-    assert sum(results["workers"]["nodes"].values()) == 2  # the two warm workers, no new ones
+    assert sum(results["workers"]["nodes"].values()) == 2  # the two warm workers ...
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert {s["pid"] for s in progress["subdomains"].values()} <= pids  # ... trained every subdomain: no new ones
     assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}  # the run killed what it took
     assert free_cpus(ray, 2.0) == 2.0
 

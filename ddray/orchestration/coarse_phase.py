@@ -42,8 +42,8 @@ def prepare_aggregation(fit_here: bool) -> None:
 
 def after_local_phase(worker: Any, *calls: Callable[[], Any]) -> list:
     """The driver's torch work after the local phase (average, vote and the DNN fit; the parameter
-    counts): on the local phase's last worker when there is one, else in this process; no new
-    process either way.
+    counts): on the local phase's last worker when there is one (the caller stops it or hands it
+    on), else in this process; no new process either way.
 
     The worker has torch's lazy imports loaded, which the driver would import first: torch._dynamo
     (an optimizer's first step) and the meta device's decompositions (the parameter counts) took
@@ -55,8 +55,6 @@ def after_local_phase(worker: Any, *calls: Callable[[], Any]) -> list:
             return ray.get(worker.run.remote(list(calls)))
         except WORKER_LOST as err:  # e.g. its node went away: here instead
             log.warning("the worker kept for the aggregation was lost (%s); aggregating in the driver", err)
-        finally:
-            ray.kill(worker)
     return [call() for call in calls]
 
 

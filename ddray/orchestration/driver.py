@@ -34,7 +34,8 @@ from ddray.orchestration.cluster import check_feasible
 from ddray.orchestration.coarse_phase import after_local_phase, prepare_aggregation, start_coarse
 from ddray.orchestration.session import ray_session
 from ddray.orchestration.local_phase import LocalTask, PoolStart, discard_pool, run_local_phase, start_pool
-from ddray.orchestration.warm_pool import take_workers
+from ddray.orchestration.actors import kill_actors
+from ddray.orchestration.warm_pool import hand_back, take_workers
 from ddray.progress import ProgressTracker
 from ddray.run_dir import RunDir, RunDirError
 from ddray.storage import is_uri, local_copy, storage_base, write_json
@@ -102,12 +103,14 @@ def run(
     resume: bool = False,
     console: Console | None = None,
     num_cpus: int | None = None,
+    keep_warm: bool = False,
 ) -> dict[str, Any]:
     """Run a whole ddray job and return the content of results.json.
 
     ``run_id`` names the run (default ``<output folder name>-<UTC time>-<6 hex>``); with a storage
     base (``config.storage`` or ``$DDRAY_STORAGE``) the run owns ``<base>/<run_id>/`` and its whole
-    folder is copied there when it ends, however it ends.
+    folder is copied there when it ends, however it ends. ``keep_warm`` (a sweep, whose next run
+    follows in this process): the subdomain workers are left started in the cluster's warm pool.
     """
     started = time.perf_counter()
     console = console or Console(stderr=True)
@@ -139,7 +142,7 @@ def run(
         try:
             pool = ray_up()
             try:
-                results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started, pool, tracking, ray_up.release)
+                results = _run_on_ray(config, run_dir, dataset, subdomains, tracker, started, pool, tracking, ray_up.release, keep_warm)
             except BaseException:
                 discard_pool(pool)  # workers a failed run did not use (a joined cluster outlives this run)
                 raise
@@ -226,6 +229,7 @@ def _run_on_ray(
     pool: PoolStart | None = None,
     tracking: Tracking | None = None,
     release_ray: Callable[[], None] | None = None,
+    keep_warm: bool = False,
 ) -> dict[str, Any]:
     """The local phase, the coarse level and the baselines. ``release_ray``: called once nothing after the
     aggregation needs Ray (no ``compare``), so an embedded Ray shuts down while the reports are written."""
@@ -287,7 +291,8 @@ def _run_on_ray(
     tasks = [LocalTask(sub, spec, run_dir.state_file(sub.index)) for sub in todo]
     extra: dict[str, Any] = {}
     preparing = False
-    aggregator = None  # the local phase's last worker: the driver's torch work after it runs there (coarse_phase.after_local_phase)
+    kept: list = []  # the local phase's workers it kept; the driver's torch work after it runs on the last (coarse_phase.after_local_phase)
+    keep_warm = keep_warm and not config.compare  # the baselines need the CPUs idle workers hold
 
     def on_event(event: dict) -> None:
         nonlocal preparing
@@ -314,7 +319,7 @@ def _run_on_ray(
             # data (plus overlap), not every page of the whole data set its slice runs through
             arrays = dataset.arrays()
             data_ref = None
-            aggregator = run_local_phase(
+            kept = run_local_phase(
                 tasks,
                 {t.sub.index: ray.put(subdomain_arrays(arrays, t.sub)) for t in tasks},
                 cpus=res.cpus_per_subdomain,
@@ -325,24 +330,30 @@ def _run_on_ray(
                 on_result=keep,
                 pool=pool,
                 on_worker=count_worker,
-                keep_worker=True,
-            ).worker
+                keep="all" if keep_warm else "last",
+            ).workers
         local_wall = record_local_wall()
     finally:
         if coarse_worker is not None:
             coarse_worker.close()  # the fit under way ends; what is left is fitted below
 
-    tracker.phase("aggregation", methods=config.aggregation.methods)
-    agg_started = time.perf_counter()
-    local_probs = {s.index: finished[s.index][0] for s in subdomains}
-    probs = {split: stack_probabilities([local_probs[s.index][split] for s in subdomains]) for split in ("train", "val", "test")}
-    coarse = dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes) if "dnn" in config.aggregation.methods else None
-    (aggregation, dnn), parameters = after_local_phase(
-        aggregator,
-        partial(aggregate, config.aggregation.methods, probs, labels, coarse),
-        partial(parameter_summary, config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                local_parameters=[int(finished[s.index][1].get("parameters") or 0) for s in subdomains]),
-    )
+    try:
+        tracker.phase("aggregation", methods=config.aggregation.methods)
+        agg_started = time.perf_counter()
+        local_probs = {s.index: finished[s.index][0] for s in subdomains}
+        probs = {split: stack_probabilities([local_probs[s.index][split] for s in subdomains]) for split in ("train", "val", "test")}
+        coarse = dnn_spec(config, num_subdomains=len(subdomains), num_classes=dataset.num_classes) if "dnn" in config.aggregation.methods else None
+        (aggregation, dnn), parameters = after_local_phase(
+            kept[-1] if kept else None,
+            partial(aggregate, config.aggregation.methods, probs, labels, coarse),
+            partial(parameter_summary, config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                    local_parameters=[int(finished[s.index][1].get("parameters") or 0) for s in subdomains]),
+        )
+    finally:
+        if keep_warm:
+            hand_back(kept, res.cpus_per_subdomain, res.gpus_per_subdomain)
+        else:
+            kill_actors(kept)
     if release_ray is not None and not config.compare:  # nothing below needs Ray
         release_ray()
     if config.aggregation.streaming:  # its last entry is the DNN itself

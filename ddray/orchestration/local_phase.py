@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import ray
@@ -37,6 +37,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ddray.decomposition import Subdomain
 from ddray.errors import SubdomainFailed
+from ddray.orchestration.actors import kill_actors
 from ddray.orchestration.cluster import cluster_shape, feasible_capacity
 from ddray.storage import checkpoint_location
 from ddray.training.local import CudaUnavailable, LocalResult, cpu_threads, train_subdomain, warm_up
@@ -153,8 +154,7 @@ def start_pool(tasks: int, slots: int, cpus: float, gpus: float, warm: list | tu
     """
     size = pool_size(tasks, slots, cpus, gpus)
     starting: dict = {worker.where.remote(): worker for worker in warm[:size]}
-    for extra in warm[size:]:
-        ray.kill(extra)
+    kill_actors(list(warm[size:]))
     for _ in range(size - len(starting)):
         start_worker(cpus, gpus, starting)
     return PoolStart(cpus, gpus, progress_queue(), starting, warm=min(size, len(warm)))
@@ -182,7 +182,7 @@ def run_local_phase(
     poll_s: float = 0.25,
     pool: PoolStart | None = None,
     on_worker: Callable[[dict], None] | None = None,
-    keep_worker: bool = False,
+    keep: str = "none",
 ) -> LocalPhase:
     """Train every task on a pool of at most ``slots`` actors; results in task order.
 
@@ -193,9 +193,13 @@ def run_local_phase(
     maps only its own pixels). ``pool``: workers already started for this phase
     (:func:`start_pool`); they are used, and the pool is filled up or trimmed to the size this
     phase needs. ``on_worker`` gets each worker's :meth:`SubdomainWorker.where` once it is up.
-    ``keep_worker``: the last worker to finish is not stopped but handed to the caller (the driver
-    aggregates on it), who stops it.
+    ``keep``: which workers are not stopped but handed to the caller, who stops them: ``"none"``;
+    ``"last"``, the last to finish (the driver aggregates on it; the others go as soon as nothing
+    is left for them, with their CPUs); ``"all"``, every worker, the last to finish last (a sweep's
+    next run trains on them: :func:`~ddray.orchestration.warm_pool.hand_back`).
     """
+    if keep not in ("none", "last", "all"):
+        raise ValueError(f"keep must be 'none', 'last' or 'all', not {keep!r}")
     if pool is not None and (pool.cpus, pool.gpus) != (cpus, gpus):
         raise ValueError(f"the pool was started for CPU {pool.cpus:g}, GPU {pool.gpus:g}, not CPU {cpus:g}, GPU {gpus:g}")
     if not tasks:
@@ -212,8 +216,8 @@ def run_local_phase(
     running: dict[ray.ObjectRef, tuple[Any, LocalTask]] = {}
     results: dict[int, LocalResult] = {}
     attempts: dict[int, int] = {}
-    kept: list = []  # with keep_worker: the last worker to finish
-    handed = None
+    kept: list = []  # idle workers kept for the caller (see ``keep``), the last to finish last
+    handed: list = []
     start_failures = 0
     began = time.monotonic()
     next_notice = began + WAIT_NOTICE_S
@@ -229,15 +233,12 @@ def run_local_phase(
 
     def release(worker) -> None:
         workers.remove(worker)
-        try:
-            ray.kill(worker)  # give its CPU/GPU (or its pending request) back now
-        except Exception:
-            pass
+        kill_actors([worker])  # give its CPU/GPU (or its pending request) back now
 
     def retire(worker) -> None:
-        """No subdomain left for ``worker``: it goes now, and its CPU/GPU with it; with
-        ``keep_worker`` the last one is kept for the caller."""
-        if keep_worker and not kept and not running and not pending_tasks:
+        """No subdomain left for ``worker``: it goes now, and its CPU/GPU with it, unless ``keep``
+        keeps it (``"last"``: the one that finishes when nothing else runs)."""
+        if keep == "all" or (keep == "last" and not running and not pending_tasks):
             kept.append(worker)
         else:
             release(worker)
@@ -310,7 +311,10 @@ def run_local_phase(
                     on_event({"subdomain": index, "status": "retrying", "attempt": attempts[index], "cause": _short(err, 200)})
                     release(worker)
                     pending_tasks.insert(0, task)  # the next worker that is up resumes it from its checkpoint
-                    add_worker()
+                    if kept:  # an idle kept worker takes it at once
+                        submit(kept.pop())
+                    else:
+                        add_worker()
                     continue
                 except ray.exceptions.RayTaskError as err:
                     cause = getattr(err, "cause", None)
@@ -325,39 +329,26 @@ def run_local_phase(
                 else:
                     retire(worker)
         drain()
-        handed = kept[0] if kept else None  # the phase ended well: the caller's now
+        # the phase ended well: the caller's now (with "all" also any still starting: warm soon, and paid for)
+        handed = (list(starting.values()) if keep == "all" else []) + kept  # the last to finish last
     finally:
-        for worker in workers:
-            if worker is handed:
-                continue
-            try:
-                ray.kill(worker)
-            except Exception:
-                pass
-        try:
-            ray.kill(queue.actor)
-        except Exception:
-            pass
+        kill_actors([w for w in workers if w not in handed] + [queue.actor])
     return LocalPhase([results[t.sub.index] for t in tasks], handed)
 
 
 @dataclass
 class LocalPhase:
-    """What :func:`run_local_phase` did: each task's result, and the worker it kept, if asked to."""
+    """What :func:`run_local_phase` did: each task's result, and the workers it kept (``keep``), the last to finish last."""
 
     results: list[LocalResult]
-    worker: Any = None
+    workers: list = field(default_factory=list)
 
 
 def discard_pool(pool: PoolStart | None) -> None:
     """Stop the workers and queue of a pool that is not needed after all."""
     if pool is None:
         return
-    for actor in [*pool.starting.values(), pool.queue.actor]:
-        try:
-            ray.kill(actor)
-        except Exception:
-            pass
+    kill_actors([*pool.starting.values(), pool.queue.actor])
 
 
 def max_busy_processes(cpus: float = 1.0, gpus: float = 0.0) -> int:

@@ -5,7 +5,9 @@ whose ``ray_session`` finds Ray up and leaves it running. Before any run starts,
 combination is checked: its config (when it was parsed), its data paths and sizes, and
 whether its grid fits its images (each distinct dataset section is loaded once for that).
 Restarted with the same output folder, a sweep skips the runs whose ``results.json`` exists
-and resumes an interrupted run from its finished subdomains.
+and resumes an interrupted run from its finished subdomains. Each run but the last leaves its
+started subdomain workers in the cluster's warm pool, and the next run trains on them: no
+process start and ``import torch`` per run (:mod:`ddray.orchestration.warm_pool`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ddray.config import RunConfig
 from ddray.decomposition import check_fits
 from ddray.orchestration.driver import check_data, load_data, run
 from ddray.orchestration.session import ray_session
+from ddray.orchestration.warm_pool import free_warm_workers
 from ddray.run_dir import RunDirError, check_run_id, new_run_id
 from ddray.storage import copy_file, join, run_prefix, storage_base, write_json
 
@@ -68,11 +71,13 @@ def run_sweep(
                     console.print(f"[bold]ddray sweep[/]: run {label}" + (": resuming" if resume else ""))
                     status[r.name] = "running"
                     _write_state(out, config, sweep_id, runs, status, started, current=r.name)
-                    run(r.config, folder, r.name if not resume else None, resume=resume, console=console)
+                    later = any(status[n.name] != "done" for n in runs[k:])
+                    run(r.config, folder, r.name if not resume else None, resume=resume, console=console, keep_warm=later)
                     status[r.name] = "done"
                 finished.append((r.setting, json.loads((folder / "results.json").read_text())))
                 _write_state(out, config, sweep_id, runs, status, started)
     except BaseException as err:
+        free_warm_workers()  # those a finished run left for the next one, which will not come
         for name, state in status.items():
             if state == "running":
                 status[name] = "failed"

@@ -21,6 +21,10 @@ Why this shape:
 
 The fill runs as a short Ray job (``python -m ddray.orchestration.warm_pool fill``)
 because the service talks to Ray only through the Jobs API.
+
+A sweep fills the pool differently: each of its runs hands its own workers back at its end
+(:func:`hand_back`), and the next run, in the same process, takes them. Those workers belong
+to the sweep's process and end with it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+
+from ddray.orchestration.actors import kill_actors
 
 NAME = "ddray-warm-pool"
 NAMESPACE = "ddray"
@@ -57,7 +63,7 @@ class WarmPool:
 
         self._reap()
         keep = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)][:count]
-        _kill([w.actor for w in self._idle if w not in keep])
+        kill_actors([w.actor for w in self._idle if w not in keep])
         while len(keep) < count:
             keep.append(_Idle(cpus, gpus, start_worker(cpus, gpus, {})))
         self._idle = keep
@@ -70,15 +76,23 @@ class WarmPool:
         not its value); the workers are killed when it is lost with its owner.
         """
         fit = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)][: max(0, count)]
-        _kill([w.actor for w in self._idle if w not in fit])
+        kill_actors([w.actor for w in self._idle if w not in fit])
         self._idle = []
         self._taken += [(w.actor, lease) for w in fit]
         return [w.actor for w in fit]
 
+    def adopt(self, workers: list, cpus: float, gpus: float) -> int:
+        """Keep ``workers`` (started, asking (cpus, gpus), done with their job) idle for the next
+        driver; idle workers of another shape are killed. Returns how many are idle."""
+        self._taken = [(actor, lease) for actor, lease in self._taken if actor not in workers]
+        kill_actors([w.actor for w in self._idle if (w.cpus, w.gpus) != (cpus, gpus)])
+        self._idle = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)] + [_Idle(cpus, gpus, a) for a in workers]
+        return len(self._idle)
+
     def drain(self) -> int:
         """Kill every idle worker (the service stops); returns how many there were."""
         count = len(self._idle)
-        _kill([w.actor for w in self._idle])
+        kill_actors([w.actor for w in self._idle])
         self._idle = []
         return count
 
@@ -95,19 +109,11 @@ class WarmPool:
             except ray.exceptions.GetTimeoutError:
                 alive.append((actor, lease))  # owner busy or far: look again next time
             except Exception:  # the driver that took it is gone (OwnerDiedError and friends)
-                _kill([actor])
+                kill_actors([actor])
             else:
                 if _alive(actor):
                     alive.append((actor, lease))
         self._taken = alive
-
-
-def _kill(actors: list) -> None:
-    for actor in actors:
-        try:
-            ray.kill(actor)
-        except Exception:  # noqa: BLE001 - dead already
-            pass
 
 
 def _alive(actor: Any) -> bool:
@@ -147,6 +153,31 @@ def take_workers(cpus: float, gpus: float, count: int) -> list:
         return []
 
 
+def hand_back(workers: list, cpus: float, gpus: float) -> bool:
+    """A driver done with its subdomain workers leaves them idle in the cluster's pool (created if
+    there is none) for the next driver of this process: a sweep's next run. True if kept."""
+    if not workers:
+        return False
+    try:
+        ray.get(pool(create=True).adopt.remote(list(workers), cpus, gpus), timeout=30)
+        return True
+    except Exception:  # noqa: BLE001 - a pool that cannot answer: the workers go, as without one
+        kill_actors(workers)
+        return False
+
+
+def free_warm_workers() -> int:
+    """Kill the pool's idle workers (a sweep that stops early, a service that stops); returns how
+    many there were. Nothing to do without Ray or without a pool."""
+    handle = pool() if ray.is_initialized() else None
+    if handle is None:
+        return 0
+    try:
+        return ray.get(handle.drain.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - a pool that cannot answer holds no one we could free
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddray.orchestration.warm_pool", description="fill or drain the warm worker pool")
     parser.add_argument("action", choices=["fill", "drain"])
@@ -160,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         n = ray.get(pool(create=True).fill.remote(args.workers, args.cpus, args.gpus))
         print(f"warm pool: {n} worker(s) asking CPU {args.cpus:g}, GPU {args.gpus:g}")
     else:
-        handle = pool()
-        n = ray.get(handle.drain.remote()) if handle is not None else 0
-        print(f"warm pool: drained {n} idle worker(s)")
+        print(f"warm pool: drained {free_warm_workers()} idle worker(s)")
     return 0
 
 
