@@ -118,7 +118,8 @@ def test_a_run_trains_on_the_warm_workers(ray_cluster, pool, tmp_path):
     ray.get(pool.fill.remote(2, 1.0, 0.0))  # returns while they start: wait until they are up, as a sweep's run leaves them
     started = warm_pool.take_workers(1.0, 0.0, 2)
     pids = {ray.get(w.where.remote(), timeout=120)["pid"] for w in started}
-    assert len(pids) == 2 and warm_pool.hand_back(started, 1.0, 0.0)
+    assert len(pids) == 2
+    warm_pool.hand_back(started, 1.0, 0.0)
     assert ray.get(pool.status.remote()) == {"idle": 2, "taken": 0}
 
     results = run(tiny_config([2, 2], "average"), tmp_path / "run")

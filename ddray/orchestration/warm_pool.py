@@ -153,17 +153,20 @@ def take_workers(cpus: float, gpus: float, count: int) -> list:
         return []
 
 
-def hand_back(workers: list, cpus: float, gpus: float) -> bool:
+def hand_back(workers: list, cpus: float, gpus: float) -> None:
     """A driver done with its subdomain workers leaves them idle in the cluster's pool (created if
-    there is none) for the next driver of this process: a sweep's next run. True if kept."""
+    there is none) for the next driver of this process: a sweep's next run.
+
+    Without waiting: the pool's first start is a new process, seconds at the end of a run. This
+    process's next call to the pool (:func:`take_workers`, :func:`free_warm_workers`) runs after
+    this one, as Ray runs one caller's calls to an actor in order.
+    """
     if not workers:
-        return False
+        return
     try:
-        ray.get(pool(create=True).adopt.remote(list(workers), cpus, gpus), timeout=30)
-        return True
-    except Exception:  # noqa: BLE001 - a pool that cannot answer: the workers go, as without one
+        pool(create=True).adopt.remote(list(workers), cpus, gpus)
+    except Exception:  # noqa: BLE001 - no pool: the workers go, as without one
         kill_actors(workers)
-        return False
 
 
 def free_warm_workers() -> int:
