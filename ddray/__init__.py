@@ -49,6 +49,41 @@ def run(config: RunConfig | dict, output_dir: str, run_id: str | None = None, **
     return _run(config, output_dir, run_id, **kwargs)
 
 
+class Session:
+    """Several runs on one Ray, each on the subdomain workers the run before left started.
+
+        with ddray.Session(num_cpus=2) as s:
+            a = s.run(config_a, "runs/a")
+            b = s.run(config_b, "runs/b")  # its first epoch starts at once: run a's workers are up
+
+    Ray starts (or is joined, ``address``) on entry and an embedded Ray shuts down on exit; between
+    runs the idle workers hold their CPUs (and GPUs), and the exit stops them. A run with
+    ``compare:`` stops its workers (its baselines need the CPUs); a run asking other resources per
+    subdomain, or a Tune search, frees those left for it. ``ddray sweep`` runs the same way.
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None):
+        self.address, self.num_cpus = address, num_cpus
+        self._ray: Any = None
+
+    def __enter__(self) -> "Session":
+        from ddray.orchestration.warm_runs import warm_runs
+
+        self._ray = warm_runs(self.address, num_cpus=self.num_cpus)
+        self._ray.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        ray_, self._ray = self._ray, None
+        ray_.__exit__(*exc)
+
+    def run(self, config: RunConfig | dict, output_dir: str, run_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """:func:`ddray.run` inside the session (keyword arguments: resume, console)."""
+        if self._ray is None:
+            raise RuntimeError("use the session in a with block: with ddray.Session() as s: s.run(config, output_dir)")
+        return run(config, output_dir, run_id, keep_warm=True, **kwargs)
+
+
 def run_sweep(config: RunConfig | dict, output_dir: str, sweep_id: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """Run every combination of the config's ``sweep:`` section into ``output_dir`` (docs/sweeps.md) and
     return the sweep table's rows; keyword arguments: address, num_cpus, console. The same folder
@@ -82,6 +117,7 @@ __all__ = [
     "ResourcesConfig",
     "RunConfig",
     "SearchSpaceEntry",
+    "Session",
     "TrainedRun",
     "TrainingConfig",
     "TuneConfig",

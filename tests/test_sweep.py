@@ -235,10 +235,11 @@ def test_a_failed_run_stops_the_sweep_keeps_what_finished_and_a_restart_continue
     @contextmanager
     def no_ray(address=None, **kw):
         calls.append("ray")
-        yield lambda: None
+        yield
 
     def fake_run(config, folder, run_id=None, *, resume=False, console=None, keep_warm=False):
-        calls.append((folder.name, resume, keep_warm))
+        assert keep_warm  # each run leaves its workers to the next
+        calls.append((folder.name, resume))
         if config.seed == 1 and len(calls) < 4:
             (folder / "config.yaml").parent.mkdir(parents=True)
             (folder / "config.yaml").write_text("{}")
@@ -246,7 +247,7 @@ def test_a_failed_run_stops_the_sweep_keeps_what_finished_and_a_restart_continue
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps(fake_results(0.5 + config.seed / 10, 0.4, 0.3, 2.0)))
 
-    monkeypatch.setattr(orchestration, "ray_session", no_ray)
+    monkeypatch.setattr(orchestration, "warm_runs", no_ray)
     monkeypatch.setattr(orchestration, "run", fake_run)
     monkeypatch.setattr(orchestration, "preflight", lambda runs: None)
     config = parse_config(with_sweep({"seed": [0, 1, 2]}))
@@ -257,8 +258,7 @@ def test_a_failed_run_stops_the_sweep_keeps_what_finished_and_a_restart_continue
     assert [r["status"] for r in state["runs"]] == ["done", "failed", "pending"] and state["phase"] == "stopped"
     assert state["table"][0]["n_seeds"] == 1 and "run seed-1 ended by JobFailed: subdomain 2 failed" in capsys.readouterr().err
     rows = orchestration.run_sweep(config, out)  # the restart: seed 0 skipped, seed 1 resumed, seed 2 new
-    # each run but the last one to run leaves its workers started for the next (keep_warm)
-    assert calls == ["ray", ("seed-0", False, True), ("seed-1", False, True), "ray", ("seed-1", True, True), ("seed-2", False, False)]
+    assert calls == ["ray", ("seed-0", False), ("seed-1", False), "ray", ("seed-1", True), ("seed-2", False)]
     assert rows == json.loads((out / "sweep.json").read_text())["table"] and rows[0]["n_seeds"] == 3
     assert rows[0]["dnn_mean"] == pytest.approx(0.6) and rows[0]["dnn_std"] == pytest.approx(0.1)
     orchestration.run_sweep(config, out)  # nothing left to run: no Ray at all

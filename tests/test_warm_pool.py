@@ -135,3 +135,17 @@ def test_a_run_without_a_pool_starts_its_own_workers(ray_cluster, tmp_path):
     assert warm_pool.pool() is None
     workers = run(tiny_config([1, 2], "vote"), tmp_path / "run")["workers"]
     assert workers["warm"] == 0 and sum(workers["nodes"].values()) >= 1
+
+
+def test_runs_of_a_python_session_train_on_the_workers_of_the_run_before(ray_cluster, pool, tmp_path):
+    import ddray
+
+    with ddray.Session() as s:  # joins the test's Ray (already up), which it leaves running
+        first = s.run(tiny_config([2, 2], "average").model_dump(mode="json"), str(tmp_path / "a"))
+        second = s.run(tiny_config([2, 2], "vote"), str(tmp_path / "b"))
+        assert ray_cluster.get(pool.status.remote())["idle"] == 2  # between runs: the second run's, for a third
+    assert (first["workers"]["warm"], second["workers"]["warm"]) == (0, 2)
+    assert ray_cluster.get(pool.status.remote()) == {"idle": 0, "taken": 0}  # the session's end stopped them
+    assert free_cpus(ray_cluster, 2.0) == 2.0
+    with pytest.raises(RuntimeError, match="with ddray.Session"):
+        s.run(tiny_config([2, 2], "vote"), str(tmp_path / "c"))

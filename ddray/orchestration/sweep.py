@@ -1,13 +1,12 @@
 """A sweep on Ray: every combination of a ``sweep:`` section, one after another, on one Ray instance.
 
-Ray starts (or is joined) once; each run is an ordinary :func:`ddray.orchestration.driver.run`,
-whose ``ray_session`` finds Ray up and leaves it running. Before any run starts, every
-combination is checked: its config (when it was parsed), its data paths and sizes, and
+Ray starts (or is joined) once (:func:`~ddray.orchestration.warm_runs.warm_runs`); each run is an
+ordinary :func:`ddray.orchestration.driver.run`, whose ``ray_session`` finds Ray up and leaves it
+running. Before any run starts, every combination is checked: its config (when it was parsed), its data paths and sizes, and
 whether its grid fits its images (each distinct dataset section is loaded once for that).
 Restarted with the same output folder, a sweep skips the runs whose ``results.json`` exists
-and resumes an interrupted run from its finished subdomains. Each run but the last leaves its
-started subdomain workers in the cluster's warm pool, and the next run trains on them: no
-process start and ``import torch`` per run (:mod:`ddray.orchestration.warm_pool`).
+and resumes an interrupted run from its finished subdomains. Each run leaves its started
+subdomain workers to the next, which trains on them: no process start and ``import torch`` per run.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from ddray import sweep as plan_
 from ddray.config import RunConfig
 from ddray.decomposition import check_fits
 from ddray.orchestration.driver import check_data, load_data, run
-from ddray.orchestration.session import ray_session
-from ddray.orchestration.warm_pool import free_warm_workers
+from ddray.orchestration.warm_runs import warm_runs
 from ddray.run_dir import RunDirError, check_run_id, new_run_id
 from ddray.storage import copy_file, join, run_prefix, storage_base, write_json
 
@@ -59,8 +57,7 @@ def run_sweep(
     started = time.time()
     try:
         pending = any(state != "done" for state in status.values())
-        with ray_session(address, num_cpus=num_cpus) if pending else nullcontext(lambda: None) as ray_up:  # all done: no Ray
-            ray_up()
+        with warm_runs(address, num_cpus=num_cpus) if pending else nullcontext():  # all done: no Ray
             for k, r in enumerate(runs, 1):
                 folder = r.folder(out)
                 label = f"{k}/{len(runs)} {r.name} ({', '.join(f'{key}={v}' for key, v in r.setting.items())})"
@@ -71,13 +68,11 @@ def run_sweep(
                     console.print(f"[bold]ddray sweep[/]: run {label}" + (": resuming" if resume else ""))
                     status[r.name] = "running"
                     _write_state(out, config, sweep_id, runs, status, started, current=r.name)
-                    later = any(status[n.name] != "done" for n in runs[k:])
-                    run(r.config, folder, r.name if not resume else None, resume=resume, console=console, keep_warm=later)
+                    run(r.config, folder, r.name if not resume else None, resume=resume, console=console, keep_warm=True)
                     status[r.name] = "done"
                 finished.append((r.setting, json.loads((folder / "results.json").read_text())))
                 _write_state(out, config, sweep_id, runs, status, started)
     except BaseException as err:
-        free_warm_workers()  # those a finished run left for the next one, which will not come
         for name, state in status.items():
             if state == "running":
                 status[name] = "failed"
