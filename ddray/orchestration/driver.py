@@ -109,8 +109,9 @@ def run(
 
     ``run_id`` names the run (default ``<output folder name>-<UTC time>-<6 hex>``); with a storage
     base (``config.storage`` or ``$DDRAY_STORAGE``) the run owns ``<base>/<run_id>/`` and its whole
-    folder is copied there when it ends, however it ends. ``keep_warm`` (a sweep, whose next run
-    follows in this process): the subdomain workers are left started in the cluster's warm pool.
+    folder is copied there when it ends, however it ends. ``keep_warm`` (a sweep's run, a
+    ``ddray.Session``'s: the next run follows in this process, orchestration/warm_runs.py): the
+    subdomain workers are left started in the cluster's warm pool.
     """
     started = time.perf_counter()
     console = console or Console(stderr=True)
