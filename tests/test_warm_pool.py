@@ -88,6 +88,25 @@ def test_a_job_of_another_shape_frees_every_idle_worker(ray_cluster, pool):
     assert free_cpus(ray, 2.0) == 2.0
 
 
+def test_workers_a_driver_handed_back_go_to_no_other_driver(ray_cluster, pool):
+    """A sweep's idle workers end with the sweep's process: another driver must not train on them."""
+    ray = ray_cluster
+    ray.get(pool.fill.remote(1, 1.0, 0.0))
+    mine = warm_pool.take_workers(1.0, 0.0, 1)
+    warm_pool.hand_back(mine, 1.0, 0.0)
+    assert ray.get(pool.status.remote()) == {"idle": 1, "taken": 0}
+    code = (
+        "import ray\n"
+        f"ray.init(address={ray.get_runtime_context().gcs_address!r}, logging_level='ERROR')\n"
+        "from ddray.orchestration import warm_pool\n"
+        "print(len(warm_pool.take_workers(1.0, 0.0, 1)), flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.strip() == "0", out.stderr[-2000:]
+    assert wait_dead(ray, mine[0])  # killed, as any idle worker a driver cannot use: its CPU is free for that driver
+    assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}
+
+
 def test_workers_of_a_driver_that_died_are_killed(ray_cluster, pool):
     ray = ray_cluster
     ray.get(pool.fill.remote(1, 1.0, 0.0))

@@ -22,9 +22,9 @@ Why this shape:
 The fill runs as a short Ray job (``python -m ddray.orchestration.warm_pool fill``)
 because the service talks to Ray only through the Jobs API.
 
-A sweep fills the pool differently: each of its runs hands its own workers back at its end
-(:func:`hand_back`), and the next run, in the same process, takes them. Those workers belong
-to the sweep's process and end with it.
+A sweep (or a ``ddray.Session``) fills the pool differently: each of its runs hands its own
+workers back at its end (:func:`hand_back`), and the next run, in the same process, takes them.
+Those workers belong to that process and end with it, so the pool gives them to no other driver.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ class _Idle:
     cpus: float
     gpus: float
     actor: Any
+    giver: Any = None  # the lease ref of the driver that handed it back (its owner); None: the pool's own
+
+
+def _mine(worker: _Idle, lease: list) -> bool:
+    """Whether the driver of ``lease`` may train on ``worker``: the pool's own workers go to any
+    driver; one a driver handed back (and owns: it ends with that driver) only to that driver."""
+    return worker.giver is None or worker.giver == lease[0]
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -75,18 +82,19 @@ class WarmPool:
         ``lease``: ``[ref]`` of an object the caller owns (in a list, so Ray passes the reference,
         not its value); the workers are killed when it is lost with its owner.
         """
-        fit = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)][: max(0, count)]
-        kill_actors([w.actor for w in self._idle if w not in fit])
+        fit = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus) and _mine(w, lease)][: max(0, count)]
+        kill_actors([w.actor for w in self._idle if w not in fit])  # another driver's too: nothing waits on idle workers
         self._idle = []
         self._taken += [(w.actor, lease) for w in fit]
         return [w.actor for w in fit]
 
-    def adopt(self, workers: list, cpus: float, gpus: float) -> int:
-        """Keep ``workers`` (started, asking (cpus, gpus), done with their job) idle for the next
-        driver; idle workers of another shape are killed. Returns how many are idle."""
-        self._taken = [(actor, lease) for actor, lease in self._taken if actor not in workers]
+    def adopt(self, workers: list, cpus: float, gpus: float, lease: list) -> int:
+        """Keep ``workers`` (started, asking (cpus, gpus), done with a run) idle for the next run of
+        the driver of ``lease``, which owns them; idle workers of another shape are killed.
+        Returns how many are idle."""
+        self._taken = [(actor, held) for actor, held in self._taken if actor not in workers]
         kill_actors([w.actor for w in self._idle if (w.cpus, w.gpus) != (cpus, gpus)])
-        self._idle = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)] + [_Idle(cpus, gpus, a) for a in workers]
+        self._idle = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)] + [_Idle(cpus, gpus, a, lease[0]) for a in workers]
         return len(self._idle)
 
     def drain(self) -> int:
@@ -139,23 +147,30 @@ def pool(create: bool = False) -> Any | None:
 _leases: list = []  # this driver's lease objects: alive as long as the driver is
 
 
+def _lease() -> list:
+    """``[ref]`` of an object this driver owns: the pool knows the driver by it, and that it is gone."""
+    if not _leases:
+        _leases.append(ray.put(b"lease"))
+    return [_leases[0]]
+
+
 def take_workers(cpus: float, gpus: float, count: int) -> list:
     """Every driver calls this when it starts: the pool's workers that fit (cpus, gpus), at most ``count``
     (0: none, and the idle ones are freed for this job's own processes); [] without a pool."""
     handle = pool()
     if handle is None:
         return []
-    if not _leases:
-        _leases.append(ray.put(b"lease"))
     try:
-        return ray.get(handle.take.remote(cpus, gpus, count, [_leases[0]]), timeout=30)
+        return ray.get(handle.take.remote(cpus, gpus, count, _lease()), timeout=30)
     except Exception:  # noqa: BLE001 - a pool that cannot answer is no pool; the job starts its own workers
         return []
 
 
 def hand_back(workers: list, cpus: float, gpus: float) -> None:
     """A driver done with its subdomain workers leaves them idle in the cluster's pool (created if
-    there is none) for the next driver of this process: a sweep's next run.
+    there is none) for its own next run (a sweep's, a ``ddray.Session``'s). They belong to this
+    process and end with it, so the pool gives them to no other driver (one that starts meanwhile
+    kills them, as it kills every idle worker it cannot use).
 
     Without waiting: the pool's first start is a new process, seconds at the end of a run. This
     process's next call to the pool (:func:`take_workers`, :func:`free_warm_workers`) runs after
@@ -164,7 +179,7 @@ def hand_back(workers: list, cpus: float, gpus: float) -> None:
     if not workers:
         return
     try:
-        pool(create=True).adopt.remote(list(workers), cpus, gpus)
+        pool(create=True).adopt.remote(list(workers), cpus, gpus, _lease())
     except Exception:  # noqa: BLE001 - no pool: the workers go, as without one
         kill_actors(workers)
 
