@@ -106,6 +106,12 @@ def test_workers_a_driver_handed_back_go_to_no_other_driver(ray_cluster, pool):
     assert wait_dead(ray, mine[0])  # killed, as any idle worker a driver cannot use: its CPU is free for that driver
     assert ray.get(pool.status.remote()) == {"idle": 0, "taken": 0}
 
+    ray.get(pool.fill.remote(1, 1.0, 0.0))  # nor does the service's fill count them as its own
+    mine = warm_pool.take_workers(1.0, 0.0, 1)
+    warm_pool.hand_back(mine, 1.0, 0.0)
+    assert ray.get(pool.fill.remote(1, 1.0, 0.0)) == 1
+    assert wait_dead(ray, mine[0])
+
 
 def test_workers_of_a_driver_that_died_are_killed(ray_cluster, pool):
     ray = ray_cluster

@@ -69,8 +69,8 @@ class WarmPool:
         from ddray.orchestration.local_phase import start_worker  # torch: in this process only, not the fill job's
 
         self._reap()
-        keep = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus)][:count]
-        kill_actors([w.actor for w in self._idle if w not in keep])
+        keep = [w for w in self._idle if (w.cpus, w.gpus) == (cpus, gpus) and w.giver is None][:count]
+        kill_actors([w.actor for w in self._idle if w not in keep])  # a driver's handed-back ones too: not the service's to give
         while len(keep) < count:
             keep.append(_Idle(cpus, gpus, start_worker(cpus, gpus, {})))
         self._idle = keep
